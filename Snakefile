@@ -1,0 +1,31 @@
+# cohortseg: PACS DICOM cohort -> selection audit -> NIfTI -> preprocessing -> k-fold training
+# -> fold ensemble -> inference in source space -> metrics -> report.
+# A table of contents: the rules live in rules/, their logic in the cohortseg package.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/index.smk"
+include: "rules/select.smk"
+include: "rules/convert.smk"
+include: "rules/preprocess.smk"
+include: "rules/split.smk"
+include: "rules/train.smk"
+include: "rules/ensemble.smk"
+include: "rules/infer.smk"
+include: "rules/metrics.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets,

@@ -1,0 +1,220 @@
+"""``cohortseg <stage>``: every workflow stage as a command, outside Snakemake.
+
+Paths default to the workflow's layout (``results/...``, ``private/...``), so running the
+stages one after another in the repository root reproduces what the Snakefile does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+
+def _cfg(args: argparse.Namespace) -> dict[str, Any]:
+    from .config import load
+
+    overrides = json.loads(args.set) if getattr(args, "set", None) else None
+    return load(args.config, overrides)
+
+
+def cmd_demo_cohort(a: argparse.Namespace) -> None:
+    from .demo_cohort import generate
+
+    s = generate(a.out, a.subjects, a.seed, a.phi_marker, a.size)
+    print(f"wrote {s['subjects']} subjects, {s['series']} series, {s['files']} files under {a.out}")
+
+
+def cmd_index(a: argparse.Namespace) -> None:
+    from .index import run
+
+    cfg = _cfg(a)
+    run(cfg, a.series, a.subjects)
+
+
+def cmd_select(a: argparse.Namespace) -> None:
+    from .select import run
+
+    run(_cfg(a), a.series, a.subjects, a.included, a.excluded, a.summary, a.summary_txt)
+    print(Path(a.summary_txt).read_text(), end="")
+
+
+def cmd_convert(a: argparse.Namespace) -> None:
+    from .convert import run, run_mask
+
+    cfg = _cfg(a)
+    priv = Path(cfg["private_dir"])
+    out = Path(a.out) / a.subject
+    run(cfg, a.subject, a.included, priv / "series_files.json", out / "image.nii.gz", out / "image.json")
+    masks = json.loads((priv / "masks.json").read_text())
+    if a.subject in masks:
+        run_mask(cfg, a.subject, out / "image.nii.gz", priv / "masks.json", out / "label.nii.gz")
+
+
+def cmd_preprocess(a: argparse.Namespace) -> None:
+    from .preprocess import run
+
+    src, dst = Path(a.nifti) / a.subject, Path(a.out) / a.subject
+    run(_cfg(a), a.subject, src / "image.nii.gz", src / "label.nii.gz", dst / "image.nii", dst / "label.nii", dst / "info.json")
+
+
+def cmd_split(a: argparse.Namespace) -> None:
+    from .split import run
+
+    run(_cfg(a), a.included, a.out)
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from .codehash import stage_hash
+    from .train import train_fold
+
+    cfg = _cfg(a)
+    splits = json.loads(Path(a.splits).read_text())
+    d = Path(a.out) / f"fold{a.fold}"
+    train_fold(cfg, a.fold, splits, a.preproc, d / "model.pt", d / "history.tsv", d / "curves.png", d / "train.json",
+               Path(a.checkpoints) / f"fold{a.fold}.pt", stage_hash("train"), a.threads)
+
+
+def cmd_ensemble(a: argparse.Namespace) -> None:
+    from .ensemble import build_ensemble
+
+    cfg = _cfg(a)
+    n = cfg["split"]["folds"]
+    build_ensemble([str(Path(a.models) / f"fold{k}" / "model.pt") for k in range(n)], n, a.out)
+
+
+def cmd_infer(a: argparse.Namespace) -> None:
+    from .infer import run
+
+    cfg = _cfg(a)
+    out = Path(a.out)
+    run(cfg, a.name, [(a.case, a.image, str(out), str(out.with_suffix("").with_suffix(".json")))], a.model or None,
+        a.ensemble, a.threads)
+
+
+def cmd_metrics(a: argparse.Namespace) -> None:
+    from .metrics import run
+
+    cfg = _cfg(a)
+    pairs = [tuple(p.split(",")) for p in a.pair]
+    run(cfg, pairs, a.train_info or [], a.pred_info or [], Path(a.out) / "cases.tsv", Path(a.out) / "summary.tsv",
+        Path(a.out) / "timing.tsv")
+
+
+def cmd_overlay(a: argparse.Namespace) -> None:
+    from .report import overlay
+
+    overlay(a.image, a.reference, a.prediction, a.out, a.title)
+
+
+def cmd_code_hash(a: argparse.Namespace) -> None:
+    from .codehash import closure, stage_hash
+
+    for stage in a.stages:
+        print(f"{stage}\t{stage_hash(stage)}\t{','.join(closure(stage))}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cohortseg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"cohortseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    def add(name: str, func: Any, help_: str, config: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=func)
+        if config:
+            sp.add_argument("--config", "-c", default="config/config.yaml", help="workflow config YAML")
+            sp.add_argument("--set", help='JSON object merged over the config, e.g. \'{"split": {"folds": 3}}\'')
+        return sp
+
+    sp = add("demo-cohort", cmd_demo_cohort, "write the synthetic DICOM cohort (dicom/ + masks/)", config=False)
+    sp.add_argument("out")
+    sp.add_argument("--subjects", type=int, default=16)
+    sp.add_argument("--seed", type=int, default=7)
+    sp.add_argument("--phi-marker", default="", help="string embedded in every identifying field (privacy tests)")
+    sp.add_argument("--size", choices=["demo", "tiny"], default="demo")
+
+    sp = add("index", cmd_index, "read DICOM headers into results/cohort/series.tsv")
+    sp.add_argument("--series", default="results/cohort/series.tsv")
+    sp.add_argument("--subjects", default="results/cohort/subjects.tsv")
+
+    sp = add("select", cmd_select, "apply the selection rules; write included/excluded/summary")
+    sp.add_argument("--series", default="results/cohort/series.tsv")
+    sp.add_argument("--subjects", default="results/cohort/subjects.tsv")
+    sp.add_argument("--included", default="results/cohort/included.tsv")
+    sp.add_argument("--excluded", default="results/cohort/excluded.tsv")
+    sp.add_argument("--summary", default="results/cohort/exclusion_summary.tsv")
+    sp.add_argument("--summary-txt", default="results/cohort/summary.txt")
+
+    sp = add("convert", cmd_convert, "convert one subject's selected series (and mask) to NIfTI")
+    sp.add_argument("subject")
+    sp.add_argument("--included", default="results/cohort/included.tsv")
+    sp.add_argument("--out", default="results/nifti")
+
+    sp = add("preprocess", cmd_preprocess, "reorient/resample/normalise/crop-pad one subject")
+    sp.add_argument("subject")
+    sp.add_argument("--nifti", default="results/nifti")
+    sp.add_argument("--out", default="results/preproc")
+
+    sp = add("split", cmd_split, "seeded k-fold split with held-out test set")
+    sp.add_argument("--included", default="results/cohort/included.tsv")
+    sp.add_argument("--out", default="results/splits.json")
+
+    sp = add("train", cmd_train, "train one fold")
+    sp.add_argument("fold", type=int)
+    sp.add_argument("--splits", default="results/splits.json")
+    sp.add_argument("--preproc", default="results/preproc")
+    sp.add_argument("--out", default="results/models")
+    sp.add_argument("--checkpoints", default="results/checkpoints")
+    sp.add_argument("--threads", type=int, default=1)
+
+    sp = add("ensemble", cmd_ensemble, "check every declared fold and write the ensemble manifest")
+    sp.add_argument("--models", default="results/models")
+    sp.add_argument("--out", default="results/models/ensemble.json")
+
+    sp = add("infer", cmd_infer, "predict one image with a fold model or the ensemble, in its own space")
+    sp.add_argument("image")
+    sp.add_argument("out", help="prediction .nii.gz (a .json with timing is written beside it)")
+    sp.add_argument("--name", default="ensemble")
+    sp.add_argument("--case", default="case")
+    sp.add_argument("--model", action="append", help="fold model.pt (repeatable)")
+    sp.add_argument("--ensemble", help="ensemble manifest (results/models/ensemble.json)")
+    sp.add_argument("--threads", type=int, default=1)
+
+    sp = add("metrics", cmd_metrics, "Dice/IoU/HD95/HD/average HD/volumes per case and summaries")
+    sp.add_argument("--pair", action="append", required=True, help="model,subject,prediction.nii.gz,reference.nii.gz")
+    sp.add_argument("--train-info", action="append")
+    sp.add_argument("--pred-info", action="append")
+    sp.add_argument("--out", default="results/metrics")
+
+    sp = add("overlay", cmd_overlay, "overlay PNG of a prediction (and reference) on an image", config=False)
+    sp.add_argument("image")
+    sp.add_argument("prediction")
+    sp.add_argument("out")
+    sp.add_argument("--reference")
+    sp.add_argument("--title", default="")
+
+    sp = add("code-hash", cmd_code_hash, "hash of the package code each stage runs (rule params)", config=False)
+    sp.add_argument("stages", nargs="+")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .util import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"cohortseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Loading and validating the workflow configuration (same schema as the Snakefile)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = REPO_ROOT / "config" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration does not satisfy the schema or a cross-key constraint."""
+
+
+def validate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``cfg`` against the schema, fill defaults, check cross-key rules; return it."""
+    from snakemake.utils import validate as sm_validate
+
+    cfg = copy.deepcopy(cfg)
+    try:
+        sm_validate(cfg, str(SCHEMA), set_default=True)
+    except Exception as exc:  # snakemake wraps jsonschema's error in WorkflowError
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+    check_semantics(cfg)
+    return cfg
+
+
+def check_semantics(cfg: dict[str, Any]) -> None:
+    """Rules the schema cannot express."""
+    priv = Path(cfg["private_dir"]).resolve()
+    for shared in ("results", "logs"):
+        out = Path(shared).resolve()
+        if priv == out or out in priv.parents:
+            raise ConfigError(f"private_dir {cfg['private_dir']!r} must lie outside {shared}/")
+    train = cfg["train"]
+    if train["model"] == "unetr":
+        size = cfg["preprocess"]["size"]
+        if any(s % 16 for s in size):
+            raise ConfigError(f"UNETR needs preprocess.size divisible by 16, got {size}")
+        if train["unetr_hidden_size"] % train["unetr_heads"]:
+            raise ConfigError("train.unetr_hidden_size must be divisible by train.unetr_heads")
+    if train["model"] == "unet":
+        div = 2 ** (train["levels"] - 1)
+        size = cfg["preprocess"]["size"]
+        if any(s % div for s in size):
+            raise ConfigError(f"a {train['levels']}-level U-Net needs preprocess.size divisible by {div}, got {size}")
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config (or an empty one), merge ``overrides``, validate."""
+    cfg: dict[str, Any] = {}
+    if path is not None:
+        with open(path) as fh:
+            cfg = yaml.safe_load(fh) or {}
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+    return validate(cfg)
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def section_hash(cfg: dict[str, Any], *keys: str) -> str:
+    """A short stable hash of the named config sections (for rule params)."""
+    sub = {k: cfg.get(k) for k in keys}
+    return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,225 @@
+"""DICOM series -> NIfTI under a pseudonymous id, plus an identifier-free JSON sidecar.
+
+The converter (dicom2nifti by default, dcm2niix on request) only ever sees symbolic links
+named ``00001.dcm``… in a private temporary folder, so no source path (which in PACS exports
+carries names and ids) can reach its output or messages. Free-text NIfTI header fields are
+blanked; the sidecar holds a whitelist of acquisition parameters, never identifiers or dates.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pydicom
+
+from .util import log, save_nifti, write_json
+
+SIDECAR_TAGS = [
+    "Modality", "Manufacturer", "ManufacturerModelName", "MagneticFieldStrength", "RepetitionTime",
+    "EchoTime", "InversionTime", "FlipAngle", "SliceThickness", "SpacingBetweenSlices", "PixelSpacing",
+    "ImageType", "SeriesDescription", "ScanningSequence", "SequenceVariant", "ContrastBolusAgent",
+    "BodyPartExamined", "KVP", "ConvolutionKernel", "MRAcquisitionType", "Rows", "Columns",
+]
+
+
+class ConversionError(RuntimeError):
+    pass
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, pydicom.multival.MultiValue):
+        return [_plain(x) for x in v]
+    if isinstance(v, (pydicom.valuerep.DSfloat, pydicom.valuerep.IS, float, int)):
+        return float(v) if not isinstance(v, int) or isinstance(v, bool) else int(v)
+    return str(v)
+
+
+def sidecar(ds: pydicom.Dataset) -> dict[str, Any]:
+    return {t: _plain(ds.get(t)) for t in SIDECAR_TAGS if ds.get(t) not in (None, "")}
+
+
+def _link_anonymously(files: list[str], tmp: Path) -> list[Path]:
+    src = tmp / "in"
+    src.mkdir()
+    links = []
+    for i, f in enumerate(files, start=1):
+        link = src / f"{i:05d}.dcm"
+        link.symlink_to(Path(f).resolve())
+        links.append(link)
+    return links
+
+
+def _dicom2nifti(links: list[Path], out: Path) -> Path:
+    import dicom2nifti.convert_dicom as cd
+
+    datasets = [pydicom.dcmread(str(p)) for p in links]
+    target = out / "image.nii.gz"
+    cd.dicom_array_to_nifti(datasets, str(target), reorient_nifti=False)
+    return target
+
+
+def dcm2niix_exe() -> str | None:
+    """dcm2niix on PATH, else the one the PyPI package put beside this interpreter."""
+    import sys
+
+    found = shutil.which("dcm2niix")
+    if found:
+        return found
+    sibling = Path(sys.executable).parent / "dcm2niix"
+    return str(sibling) if sibling.exists() else None
+
+
+def _dcm2niix(links: list[Path], out: Path) -> Path:
+    exe = dcm2niix_exe()
+    if exe is None:
+        raise ConversionError("dcm2niix is not installed (pip install dcm2niix)")
+    cmd = [exe, "-z", "y", "-b", "n", "-ba", "y", "-f", "image", "-o", str(out), str(links[0].parent)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConversionError(f"dcm2niix failed with exit code {proc.returncode}")
+    produced = sorted(out.glob("image*.nii.gz"))
+    # dcm2niix writes a tilt-corrected copy (_Tilt_Eq) or an equalised one (_Eq) where it had to: prefer those
+    for suffix in ("_Tilt_Eq", "_Eq", ""):
+        cand = [p for p in produced if p.name == f"image{suffix}.nii.gz"]
+        if cand:
+            return cand[0]
+    if produced:
+        return produced[0]
+    raise ConversionError("dcm2niix produced no NIfTI file")
+
+
+def convert_series(files: list[str], tool: str) -> tuple[nib.Nifti1Image, dict[str, Any]]:
+    """Convert the files of one series; return the NIfTI image (in memory) and the sidecar."""
+    if not files:
+        raise ConversionError("series has no files")
+    with tempfile.TemporaryDirectory(prefix="cohortseg-convert-") as t:
+        tmp = Path(t)
+        links = _link_anonymously(files, tmp)
+        out = tmp / "out"
+        out.mkdir()
+        try:
+            nii_path = _dicom2nifti(links, out) if tool == "dicom2nifti" else _dcm2niix(links, out)
+        except ConversionError:
+            raise
+        except Exception as exc:  # converters raise their own types; re-word without paths
+            raise ConversionError(f"{tool} could not convert the series: {type(exc).__name__}: {_strip_paths(str(exc), tmp)}") from None
+        img = nib.load(str(nii_path))
+        data = np.asanyarray(img.dataobj)
+        first = pydicom.dcmread(str(links[0]), stop_before_pixels=True)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ConversionError(f"expected a 3D volume, got shape {data.shape}")
+    if data.dtype == np.float64:
+        data = data.astype(np.float32)
+    out_img = nib.Nifti1Image(data, img.affine)
+    out_img.set_qform(img.affine, code=1)
+    out_img.set_sform(img.affine, code=1)
+    out_img.header.set_xyzt_units("mm", "sec")
+    meta = sidecar(first)
+    meta.update(
+        converter=tool,
+        converter_version=_tool_version(tool),
+        shape=list(data.shape),
+        zooms=[float(z) for z in out_img.header.get_zooms()[:3]],
+        orientation="".join(nib.aff2axcodes(out_img.affine)),
+        n_files=len(files),
+    )
+    return out_img, meta
+
+
+def _strip_paths(msg: str, tmp: Path) -> str:
+    return msg.replace(str(tmp), "<tmp>")
+
+
+def _tool_version(tool: str) -> str:
+    if tool == "dicom2nifti":
+        import importlib.metadata as md
+
+        return md.version("dicom2nifti")
+    exe = dcm2niix_exe()
+    if not exe:
+        return "unknown"
+    proc = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    text = (proc.stdout + proc.stderr).strip().splitlines()
+    return text[-1] if text else "unknown"
+
+
+def import_mask(mask_path: str, image: nib.Nifti1Image, n_labels: int) -> tuple[nib.Nifti1Image, dict[str, Any]]:
+    """Put a Slicer-exported mask on the converted image's grid (nearest neighbour where needed)."""
+    from nibabel.processing import resample_from_to
+
+    mask = nib.load(mask_path)
+    mdata = np.asanyarray(mask.dataobj)
+    if mdata.ndim == 4 and mdata.shape[3] == 1:
+        mdata = mdata[..., 0]
+        mask = nib.Nifti1Image(mdata, mask.affine)
+    if mdata.ndim != 3:
+        raise ConversionError(f"mask is not 3D (shape {mdata.shape})")
+    if not np.all(np.isfinite(mdata)):
+        raise ConversionError("mask contains NaN or infinite values")
+    values = np.unique(mdata)
+    if np.any(values != np.round(values)) or values.min() < 0 or values.max() > n_labels:
+        raise ConversionError(f"mask values {values[:10].tolist()} are not integer labels in 0..{n_labels} (config 'labels')")
+    same_grid = mask.shape[:3] == image.shape[:3] and np.allclose(mask.affine, image.affine, atol=1e-3)
+    info: dict[str, Any] = {"mask_resampled": not same_grid}
+    if same_grid:
+        data = mdata.astype(np.uint8)
+    else:
+        # a mask on another grid: map through world space, nearest neighbour keeps label values
+        res = resample_from_to(nib.Nifti1Image(mdata.astype(np.float32), mask.affine), image, order=0, mode="constant", cval=0)
+        data = np.asanyarray(res.dataobj).round().astype(np.uint8)
+        log.warning("mask is on a different grid than the selected series; resampled nearest-neighbour onto it")
+    if data.max() == 0:
+        info["mask_empty"] = True
+    lab = nib.Nifti1Image(data, image.affine)
+    lab.set_qform(image.affine, code=1)
+    lab.set_sform(image.affine, code=1)
+    lab.header.set_xyzt_units("mm", "sec")
+    info["label_voxels"] = {str(v): int((data == v).sum()) for v in range(1, n_labels + 1)}
+    return lab, info
+
+
+def included_row(included_tsv: str | Path, subject: str) -> dict[str, Any]:
+    from .util import read_tsv
+
+    df = read_tsv(included_tsv)
+    rows = df[df["subject"] == subject]
+    if rows.empty:
+        raise ConversionError(f"{subject} is not in {included_tsv}")
+    return rows.iloc[0].to_dict()
+
+
+def run(cfg: dict[str, Any], subject: str, included_tsv: str | Path, series_files_json: str | Path,
+        image_out: str | Path, sidecar_out: str | Path) -> None:
+    row = included_row(included_tsv, subject)
+    files = json.loads(Path(series_files_json).read_text())[row["series"]]
+    try:
+        img, meta = convert_series(files, cfg["convert"]["tool"])
+    except ConversionError as exc:
+        raise ConversionError(f"{subject} series {row['series']}: {exc}") from None
+    meta.update(subject=subject, series=row["series"], study=row["study"])
+    save_nifti(img, image_out)
+    write_json(sidecar_out, meta)
+    log.info("%s: %s -> %s, shape %s, zooms %s, %s", subject, row["series"], image_out, meta["shape"],
+             [round(z, 3) for z in meta["zooms"]], meta["orientation"])
+
+
+def run_mask(cfg: dict[str, Any], subject: str, image_nii: str | Path, masks_json: str | Path, label_out: str | Path) -> None:
+    masks = json.loads(Path(masks_json).read_text())
+    if subject not in masks:
+        raise ConversionError(f"{subject} has no mask under masks.dir")
+    image = nib.load(str(image_nii))
+    try:
+        lab, info = import_mask(masks[subject], image, len(cfg["labels"]))
+    except ConversionError as exc:
+        raise ConversionError(f"{subject} mask: {exc}") from None
+    save_nifti(lab, label_out)
+    log.info("%s: mask imported %s", subject, info)

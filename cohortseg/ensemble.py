@@ -1,0 +1,62 @@
+"""Fold ensemble: a manifest of exactly the declared folds, checked again at every use.
+
+A missing fold, a fold file holding another fold, folds that disagree in labels, patch size or
+architecture, or a model file changed after the manifest was written are errors: an ensemble is
+never silently built from fewer or different folds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .model import load_model
+from .util import write_json
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_ensemble(fold_models: list[str], n_folds: int, out: str | Path) -> dict[str, Any]:
+    """Manifest of exactly the declared folds; any missing or inconsistent fold is an error."""
+    if len(fold_models) != n_folds:
+        raise ValueError(f"ensemble needs all {n_folds} declared folds, got {len(fold_models)}")
+    entries, ref_meta = [], None
+    for k, path in enumerate(fold_models):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"fold {k} model {path} is missing: an ensemble is never built from fewer folds")
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        meta = blob["meta"]
+        if meta["fold"] != k:
+            raise ValueError(f"{path} holds fold {meta['fold']}, expected fold {k}")
+        key = (tuple(meta["labels"]), tuple(meta["size"]), meta["train"]["model"])
+        if ref_meta is None:
+            ref_meta = key
+        elif key != ref_meta:
+            raise ValueError(f"fold {k} model differs in labels/size/architecture from fold 0: {key} vs {ref_meta}")
+        entries.append({"fold": k, "path": str(path), "sha256": sha256(path), "best_val_dice": meta["best_val_dice"]})
+    manifest = {"n_folds": n_folds, "folds": entries}
+    write_json(out, manifest)
+    return manifest
+
+
+def models_from_manifest(manifest: dict[str, Any], device: torch.device) -> tuple[list[torch.nn.Module], dict[str, Any]]:
+    models, meta = [], {}
+    if len(manifest["folds"]) != manifest["n_folds"]:
+        raise ValueError("ensemble manifest does not list every declared fold")
+    for e in manifest["folds"]:
+        if sha256(e["path"]) != e["sha256"]:
+            raise ValueError(f"fold {e['fold']} model {e['path']} changed since the ensemble was built")
+        m, meta = load_model(e["path"], device)
+        models.append(m)
+    return models, meta
+
+

@@ -1,0 +1,82 @@
+"""Networks, losses and the probability convention shared by training and inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def n_outputs(n_labels: int) -> int:
+    """One sigmoid channel for a single label; background + one channel per label otherwise."""
+    return 1 if n_labels == 1 else n_labels + 1
+
+
+def build_model(train: dict[str, Any], n_labels: int, size: list[int]) -> nn.Module:
+    out = n_outputs(n_labels)
+    if train["model"] == "unet":
+        from monai.networks.nets import UNet
+
+        f = int(train["base_filters"])
+        levels = int(train["levels"])
+        return UNet(
+            spatial_dims=3, in_channels=1, out_channels=out,
+            channels=tuple(f * 2**i for i in range(levels)), strides=(2,) * (levels - 1),
+            num_res_units=int(train["res_units"]), norm="INSTANCE",
+        )
+    if train["model"] == "unetr":
+        from monai.networks.nets import UNETR
+
+        hidden = int(train["unetr_hidden_size"])
+        return UNETR(
+            in_channels=1, out_channels=out, img_size=tuple(size), feature_size=int(train["unetr_feature_size"]),
+            hidden_size=hidden, mlp_dim=4 * hidden, num_heads=int(train["unetr_heads"]), proj_type="conv",
+            norm_name="instance",
+        )
+    raise ValueError(f"unknown model {train['model']!r}")
+
+
+def build_loss(alpha: float, n_labels: int) -> nn.Module:
+    """alpha * Dice + (1 - alpha) * BCE (one label) or CE (several labels)."""
+    from monai.losses import DiceCELoss
+
+    if n_labels == 1:
+        return DiceCELoss(sigmoid=True, lambda_dice=alpha, lambda_ce=1 - alpha)
+    return DiceCELoss(softmax=True, to_onehot_y=True, lambda_dice=alpha, lambda_ce=1 - alpha)
+
+
+def target(label: torch.Tensor, n_labels: int) -> torch.Tensor:
+    """The loss target from an integer label map (B,1,...)."""
+    return (label > 0).float() if n_labels == 1 else label.long()
+
+
+def probabilities(logits: torch.Tensor, n_labels: int) -> torch.Tensor:
+    """Per-class foreground probabilities, shape (B, n_labels, ...) for one label, (B, n_labels+1, ...) otherwise."""
+    return torch.sigmoid(logits) if n_labels == 1 else torch.softmax(logits, dim=1)
+
+
+def discretise(probs: torch.Tensor, n_labels: int, threshold: float = 0.5) -> torch.Tensor:
+    """Integer label map (B,1,...) from probabilities."""
+    if n_labels == 1:
+        return (probs >= threshold).to(torch.uint8)
+    return probs.argmax(dim=1, keepdim=True).to(torch.uint8)
+
+
+def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """A model file that loads with ``torch.load(weights_only=True)``: tensors and plain values only."""
+    from .util import atomic_path
+
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    blob = torch.load(path, map_location=device, weights_only=True)
+    meta = blob["meta"]
+    model = build_model(meta["train"], len(meta["labels"]), meta["size"])
+    model.load_state_dict(blob["state_dict"])
+    model.to(device).eval()
+    return model, meta

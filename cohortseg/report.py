@@ -1,0 +1,96 @@
+"""Report assets: overlay PNGs of predictions on the source images and a selection chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .util import atomic_path, read_tsv
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def overlay(image: str | Path, reference: str | Path | None, prediction: str | Path, out: str | Path, title: str) -> None:
+    """Three orthogonal slices through the lesion: reference contour green, prediction red."""
+    plt = _plt()
+    img = nib.as_closest_canonical(nib.load(str(image)))
+    pred = nib.as_closest_canonical(nib.load(str(prediction)))
+    ref = nib.as_closest_canonical(nib.load(str(reference))) if reference else None
+    a = np.asanyarray(img.dataobj).astype(np.float32)
+    p = np.asanyarray(pred.dataobj) > 0
+    r = np.asanyarray(ref.dataobj) > 0 if ref is not None else None
+    focus = r if r is not None and r.any() else p
+    centre = [int(round(c)) for c in (np.argwhere(focus).mean(axis=0) if focus.any() else np.array(a.shape) / 2)]
+    lo, hi = np.percentile(a, [1, 99.5])
+    zooms = img.header.get_zooms()[:3]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 4))
+    views = [("axial", 2), ("coronal", 1), ("sagittal", 0)]
+    for ax, (name, axis) in zip(axes, views):
+        sl = [slice(None)] * 3
+        sl[axis] = centre[axis]
+        im = np.rot90(a[tuple(sl)])
+        others = [z for i, z in enumerate(zooms) if i != axis]
+        aspect = others[1] / others[0]
+        ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, aspect=aspect)
+        if r is not None and r[tuple(sl)].any():
+            ax.contour(np.rot90(r[tuple(sl)]), levels=[0.5], colors="lime", linewidths=1.2)
+        if p[tuple(sl)].any():
+            ax.contour(np.rot90(p[tuple(sl)]), levels=[0.5], colors="red", linewidths=1.2)
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(f"{title}  (green: reference, red: prediction)")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def selection_chart(summary_tsv: str | Path, out: str | Path) -> None:
+    plt = _plt()
+    df = read_tsv(summary_tsv)
+    ser = df[df["level"] == "series"].sort_values("count")
+    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(ser), 3) + 1))
+    ax.barh(ser["reason"], ser["count"], color="#4c72b0")
+    for y, (c, s) in enumerate(zip(ser["count"], ser["subjects"])):
+        ax.text(c, y, f" {c} series / {s} subjects", va="center", fontsize=8)
+    ax.set_xlabel("rejected series")
+    ax.set_title("Series rejected per reason")
+    ax.margins(x=0.35)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def dice_chart(cases_tsv: str | Path, out: str | Path) -> None:
+    plt = _plt()
+    df = read_tsv(cases_tsv)
+    models = sorted(df["model"].unique(), key=lambda m: (m == "ensemble", m))
+    fig, ax = plt.subplots(figsize=(1.2 * len(models) + 3, 3.5))
+    data = [df.loc[df["model"] == m, "dice"].dropna().to_numpy() for m in models]
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(models) + 1), models)
+    for i, d in enumerate(data, start=1):
+        ax.scatter(np.full(len(d), i) + np.linspace(-0.08, 0.08, len(d)) if len(d) else [], d, s=10, color="k", alpha=0.6)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("Dice")
+    ax.set_title("Dice per case (folds: validation subjects; ensemble: test subjects)")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def run_overlays(items: list[dict[str, Any]], outs: list[str]) -> None:
+    for item, out in zip(items, outs):
+        overlay(item["image"], item.get("reference"), item["prediction"], out, item["title"])

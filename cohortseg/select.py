@@ -1,0 +1,249 @@
+"""Series selection: declarative rejection rules, one series per subject, and the cohort audit.
+
+A rule is ``{reason: code, reject_if: condition}``; rules are tried in order and a series is
+rejected with the reason of the first that holds. Conditions:
+
+- ``{field: F, equals: V}`` (booleans and strings compared case-insensitively),
+- ``{field: F, in: [V, ...]}``, ``{field: F, regex: R}`` (case-insensitive search),
+- ``{field: F, min: X}`` / ``{field: F, max: X}`` (holds when the value is >= X / <= X),
+- ``{field: F, missing: true}`` (empty or NA),
+- ``{not: C}``, ``{any: [C, ...]}``, ``{all: [C, ...]}``.
+
+Of the series that pass, the tie-break keys (``most_slices``, ``thinnest``, ``latest``,
+``earliest``, then series number and id for a total order) pick one per subject.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .util import log, read_tsv, write_text, write_tsv
+
+Condition = Mapping[str, Any]
+REASON_TEXT = {
+    "unreadable": "unreadable or corrupt files",
+    "not_dicom": "non-DICOM files",
+    "not_image": "not an image (SR, presentation state, ...)",
+    "wrong_modality": "wrong modality",
+    "localizer": "localizers",
+    "derived": "derived or secondary-capture series",
+    "postoperative": "post-operative",
+    "not_t1": "not T1-weighted",
+    "no_contrast": "without contrast",
+    "missing_slices": "with missing slices or uneven spacing",
+    "inconsistent_geometry": "with inconsistent geometry",
+    "too_few_slices": "with too few slices",
+    "wrong_plane": "in a non-accepted plane",
+    "not_chosen": "passed the rules but lost the tie-break",
+    "no_mask": "without a ground-truth mask",
+}
+
+
+class RuleError(ValueError):
+    pass
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and v.strip() == "")
+
+
+def _eq(a: Any, b: Any) -> bool:
+    if _is_missing(a):
+        return False
+    if isinstance(b, bool):
+        s = str(a).strip().lower()
+        return s in ("true", "1", "1.0") if b else s in ("false", "0", "0.0")
+    if isinstance(b, (int, float)):
+        try:
+            return float(a) == float(b)
+        except (TypeError, ValueError):
+            return False
+    return str(a).strip().lower() == str(b).strip().lower()
+
+
+def evaluate(cond: Condition, row: Mapping[str, Any]) -> bool:
+    """Evaluate one condition on one series row."""
+    if "not" in cond:
+        return not evaluate(cond["not"], row)
+    if "any" in cond:
+        return any(evaluate(c, row) for c in cond["any"])
+    if "all" in cond:
+        return all(evaluate(c, row) for c in cond["all"])
+    if "field" not in cond:
+        raise RuleError(f"condition needs 'field', 'not', 'any' or 'all': {dict(cond)}")
+    name = cond["field"]
+    if name not in row:
+        raise RuleError(f"unknown field {name!r} in selection rule; fields are the columns of series.tsv")
+    v = row[name]
+    ops = set(cond) - {"field"}
+    if len(ops) != 1:
+        raise RuleError(f"condition on {name!r} needs exactly one operator, got {sorted(ops)}")
+    op = ops.pop()
+    target = cond[op]
+    if op == "equals":
+        return _eq(v, target)
+    if op == "in":
+        return any(_eq(v, t) for t in target)
+    if op == "regex":
+        return not _is_missing(v) and re.search(target, str(v), re.I) is not None
+    if op in ("min", "max"):
+        if _is_missing(v):
+            return False
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            return False
+        return x >= float(target) if op == "min" else x <= float(target)
+    if op == "missing":
+        return _is_missing(v) == bool(target)
+    raise RuleError(f"unknown operator {op!r} on field {name!r}")
+
+
+def check_rules(rules: list[Mapping[str, Any]], columns: list[str]) -> None:
+    """Fail early, with the rule named, on a rule that refers to an unknown field or operator."""
+    dummy = {c: None for c in columns}
+    for i, rule in enumerate(rules):
+        if "reason" not in rule or "reject_if" not in rule:
+            raise RuleError(f"select.rules[{i}] needs 'reason' and 'reject_if'")
+        try:
+            evaluate(rule["reject_if"], dummy)
+        except RuleError as exc:
+            raise RuleError(f"select.rules[{i}] ({rule['reason']}): {exc}") from None
+
+
+def first_reason(rules: list[Mapping[str, Any]], row: Mapping[str, Any]) -> str | None:
+    for rule in rules:
+        if evaluate(rule["reject_if"], row):
+            return str(rule["reason"])
+    return None
+
+
+def _sort_spec(tie_break: list[str]) -> tuple[list[str], list[bool]]:
+    cols, asc = [], []
+    for key in tie_break:
+        if key == "most_slices":
+            cols.append("n_slices"); asc.append(False)
+        elif key == "thinnest":
+            cols.append("_spacing"); asc.append(True)
+        elif key == "latest":
+            cols.append("study_order"); asc.append(False)
+        elif key == "earliest":
+            cols.append("study_order"); asc.append(True)
+        else:
+            raise RuleError(f"unknown tie-break key {key!r}")
+    return cols + ["series_number", "series"], asc + [True, True]
+
+
+def select(
+    series: pd.DataFrame,
+    rules: list[Mapping[str, Any]],
+    tie_break: list[str],
+    subjects_with_mask: set[str] | None = None,
+    hook: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (included: one row per subject, excluded: every rejected series with a reason)."""
+    check_rules(rules, list(series.columns))
+    df = series.copy()
+    df["reason"] = [first_reason(rules, r) for r in df.to_dict("records")]
+    if hook is not None:
+        df = hook(df)
+    passed = df[df["reason"].isna()].copy()
+    passed["_spacing"] = passed["slice_spacing"].fillna(passed["slice_thickness"]).fillna(1e9)
+    cols, asc = _sort_spec(tie_break)
+    passed = passed.sort_values(cols, ascending=asc, kind="stable", na_position="last")
+    chosen = passed.groupby("subject", sort=True).head(1)
+    losers = passed.drop(chosen.index)
+    df.loc[losers.index, "reason"] = "not_chosen"
+    included = chosen.drop(columns=["_spacing", "reason"]).sort_values("subject").reset_index(drop=True)
+    if subjects_with_mask is not None:
+        included["has_mask"] = included["subject"].isin(subjects_with_mask)
+    excluded = df[df["reason"].notna()].reset_index(drop=True)
+    excluded = excluded[["subject", "study", "series", "reason"] + [c for c in df.columns if c not in ("subject", "study", "series", "reason")]]
+    return included, excluded
+
+
+def summarise(series: pd.DataFrame, included: pd.DataFrame, excluded: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Counts per reason (series and subjects) and the subjects left without a usable series."""
+    all_subjects = sorted(s for s in series["subject"].unique() if s != "unknown")
+    inc = set(included["subject"])
+    lost = [s for s in all_subjects if s not in inc]
+    rows = []
+    for reason, grp in excluded.groupby("reason", sort=False):
+        rows.append({"level": "series", "reason": reason, "count": len(grp), "subjects": grp["subject"].nunique(),
+                     "description": REASON_TEXT.get(str(reason), str(reason))})
+    rows.sort(key=lambda r: (-r["count"], r["reason"]))
+    # a subject without a usable series is counted once, under the reason of its most advanced candidate
+    order = [r["reason"] for r in _default_precedence()]
+    subj_reason: dict[str, str] = {}
+    for s in lost:
+        reasons = excluded.loc[excluded["subject"] == s, "reason"].tolist()
+        ranked = sorted(reasons, key=lambda r: -order.index(r) if r in order else 0)
+        subj_reason[s] = ranked[0] if ranked else "no_series"
+    subj_counts: dict[str, int] = {}
+    for r in subj_reason.values():
+        subj_counts[r] = subj_counts.get(r, 0) + 1
+    for r, n in sorted(subj_counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        rows.append({"level": "subject", "reason": f"no_usable_series:{r}", "count": n, "subjects": n,
+                     "description": f"subjects without a usable series (best candidate: {REASON_TEXT.get(r, r)})"})
+    table = pd.DataFrame(rows, columns=["level", "reason", "count", "subjects", "description"])
+    parts = [f"{r['count']} {REASON_TEXT.get(r['reason'], r['reason'])}" for r in rows if r["level"] == "series"]
+    text = (
+        f"{len(all_subjects)} subjects, {int((series['status'] == 'ok').sum())} series indexed; "
+        f"{len(inc)} subjects included, {len(lost)} without a usable series.\n"
+        f"Rejected series: {', '.join(parts) if parts else 'none'}.\n"
+    )
+    if lost:
+        text += "Subjects left out: " + ", ".join(f"{s} ({subj_reason[s]})" for s in lost) + ".\n"
+    return table, text
+
+
+def _default_precedence() -> list[dict[str, str]]:
+    # later in this list = the candidate got further through the rules
+    return [{"reason": r} for r in (
+        "no_series", "unreadable", "not_dicom", "not_image", "wrong_modality", "localizer", "derived", "not_t1",
+        "no_contrast", "postoperative", "inconsistent_geometry", "missing_slices", "too_few_slices", "wrong_plane",
+        "not_chosen")]
+
+
+def load_hook(spec: str | None) -> Callable[[pd.DataFrame], pd.DataFrame] | None:
+    """``path/to/file.py:function`` -> a function taking and returning the series table."""
+    if not spec:
+        return None
+    import importlib.util
+
+    path, _, func = spec.partition(":")
+    mod_spec = importlib.util.spec_from_file_location("cohortseg_select_hook", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise RuleError(f"cannot load selection hook {path}")
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return getattr(mod, func or "select_hook")
+
+
+def run(cfg: dict[str, Any], series_tsv: str | Path, subjects_tsv: str | Path, included_tsv: str | Path,
+        excluded_tsv: str | Path, summary_tsv: str | Path, summary_txt: str | Path) -> pd.DataFrame:
+    series = read_tsv(series_tsv)
+    subjects = read_tsv(subjects_tsv)
+    with_mask = set(subjects.loc[subjects["has_mask"].astype(str).str.lower() == "true", "subject"])
+    hook = load_hook(cfg["select"]["hook"])
+    included, excluded = select(series, cfg["select"]["rules"], cfg["select"]["tie_break"], with_mask, hook)
+    table, text = summarise(series, included, excluded)
+    if included.empty:
+        write_tsv(excluded_tsv, excluded)
+        write_text(summary_txt, text)
+        raise SystemExit(
+            f"empty cohort: no series of the {series['subject'].nunique()} subjects passed the selection rules "
+            f"(see {excluded_tsv}). {text}"
+        )
+    write_tsv(included_tsv, included)
+    write_tsv(excluded_tsv, excluded)
+    write_tsv(summary_tsv, table)
+    write_text(summary_txt, text)
+    log.info("%s", text.strip())
+    return included

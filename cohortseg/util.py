@@ -1,0 +1,136 @@
+"""Small shared helpers: atomic writes, logging, seeding, NIfTI hygiene."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("cohortseg")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    The temporary file keeps the final suffixes (``.nii.gz``, ``.tsv``) so that
+    writers that choose a format from the extension behave as for the final name.
+    A failure leaves no partial output behind.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(final.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if mode is not None:
+            os.chmod(tmp_path, mode)
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str, mode: int | None = None) -> None:
+    with atomic_path(path, mode=mode) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, mode: int | None = None) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n", mode=mode)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_tsv(path: str | os.PathLike[str], df: Any, mode: int | None = None) -> None:
+    """Write a pandas DataFrame as TSV atomically, with stable float formatting."""
+    with atomic_path(path, mode=mode) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="NA")
+
+
+def read_tsv(path: str | os.PathLike[str]) -> Any:
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", keep_default_na=True, na_values=["NA"], dtype={"subject": str})
+
+
+def setup_logging(logfile: str | os.PathLike[str] | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr and, when given, to ``logfile`` (the Snakemake ``log:``)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if logfile:
+        Path(logfile).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(logfile, mode="w"))
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    # Third-party converters log source paths and header values at INFO/DEBUG;
+    # those may carry identifiers, so they only ever reach us as errors we word ourselves.
+    for noisy in ("dicom2nifti", "pydicom", "torchio", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; switch torch to deterministic algorithms."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(n)
+
+
+def scrub_nifti_header(img: Any) -> Any:
+    """Blank the free-text NIfTI header fields that converters fill with identifiers."""
+    hdr = img.header
+    for field in ("descrip", "aux_file", "db_name", "intent_name"):
+        if field in hdr:
+            hdr[field] = b""
+    return img
+
+
+def save_nifti(img: Any, path: str | os.PathLike[str]) -> None:
+    """Save a nibabel image atomically, free-text header fields blanked."""
+    import nibabel as nib
+
+    scrub_nifti_header(img)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))

@@ -1,0 +1,23 @@
+rule index:
+    """Read every DICOM header once (no pixel data) into the pseudonymous series table."""
+    input:
+        dicom=config["dicom_dir"],
+    output:
+        series="results/cohort/series.tsv",
+        subjects="results/cohort/subjects.tsv",
+        series_files=f"{PRIV}/series_files.json",
+        masks=f"{PRIV}/masks.json",
+        id_map=f"{PRIV}/id_map.tsv",
+        file_map=f"{PRIV}/file_map.tsv",
+    params:
+        code=fingerprint("index"),
+    log:
+        "logs/index.log",
+    threads: config["index"]["threads"]
+    resources:
+        mem_mb=RES["light_mem_mb"],
+        runtime=60,
+    conda:
+        "../envs/dicom.yaml"
+    script:
+        "../scripts/index.py"

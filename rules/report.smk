@@ -1,0 +1,70 @@
+rule selection_chart:
+    """Bar chart of rejected series per reason."""
+    input:
+        summary="results/cohort/exclusion_summary.tsv",
+    output:
+        png=report(
+            "results/report/selection.png",
+            category="1. Cohort",
+            caption="../report/selection.rst",
+        ),
+    params:
+        code=fingerprint("report"),
+    log:
+        "logs/report/selection.log",
+    resources:
+        mem_mb=RES["light_mem_mb"],
+        runtime=5,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule dice_chart:
+    """Dice per case, per fold and for the ensemble."""
+    input:
+        cases="results/metrics/cases.tsv",
+    output:
+        png=report(
+            "results/report/dice.png",
+            category="4. Metrics",
+            caption="../report/dice.rst",
+        ),
+    params:
+        code=fingerprint("report"),
+    log:
+        "logs/report/dice.log",
+    resources:
+        mem_mb=RES["light_mem_mb"],
+        runtime=5,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/report.py"
+
+
+rule overlay:
+    """Ensemble prediction (red) and reference (green) on the source image of a test subject."""
+    input:
+        image="results/nifti/{subject}/image.nii.gz",
+        reference="results/nifti/{subject}/label.nii.gz",
+        prediction="results/predictions/ensemble/{subject}.nii.gz",
+    output:
+        png=report(
+            "results/report/overlays/{subject}.png",
+            category="5. Predictions",
+            caption="../report/overlay.rst",
+            labels={"subject": "{subject}"},
+        ),
+    params:
+        code=fingerprint("report"),
+    log:
+        "logs/report/overlay/{subject}.log",
+    resources:
+        mem_mb=RES["light_mem_mb"],
+        runtime=5,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/report.py"

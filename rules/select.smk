@@ -1,0 +1,33 @@
+checkpoint select:
+    """Apply the tag rules; one series per subject; the cohort audit. Needs no conversion."""
+    input:
+        series="results/cohort/series.tsv",
+        subjects="results/cohort/subjects.tsv",
+    output:
+        included=report(
+            "results/cohort/included.tsv",
+            category="1. Cohort",
+            caption="../report/included.rst",
+        ),
+        excluded=report(
+            "results/cohort/excluded.tsv",
+            category="1. Cohort",
+            caption="../report/excluded.rst",
+        ),
+        summary=report(
+            "results/cohort/exclusion_summary.tsv",
+            category="1. Cohort",
+            caption="../report/exclusion_summary.rst",
+        ),
+        text="results/cohort/summary.txt",
+    params:
+        code=fingerprint("select"),
+    log:
+        "logs/select.log",
+    resources:
+        mem_mb=RES["light_mem_mb"],
+        runtime=10,
+    conda:
+        "../envs/dicom.yaml"
+    script:
+        "../scripts/select.py"

@@ -1,0 +1,156 @@
+"""End-to-end Snakemake runs on a tiny synthetic cohort (a few minutes on 2 cores).
+
+One run of the whole DAG, then: nothing left to do; editing a package module reruns exactly the
+stages that import it; the audit lists the bad inputs; no identifier reaches any output, log or
+Snakemake metadata; `snakemake --lint` has no findings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .conftest import REPO, copy_workflow
+
+pytestmark = pytest.mark.e2e
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+MARKER = "ZQXPHI"
+
+
+def smk(wd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(wd), "PYTHONDONTWRITEBYTECODE": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    proc = subprocess.run([*SNAKEMAKE, "--configfile", "tests/config/tiny.yaml", "--cores", "2", *args], cwd=wd, env=env,
+                          capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(proc: subprocess.CompletedProcess[str]) -> dict[str, int]:
+    """Job counts per rule from a dry run's 'Job stats' table."""
+    out = proc.stdout + proc.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory: pytest.TempPathFactory, tiny_cohort: Path) -> Path:
+    wd = copy_workflow(tmp_path_factory.mktemp("wf"))
+    (wd / "data").mkdir()
+    (wd / "data" / "tiny").symlink_to(tiny_cohort)
+    smk(wd)
+    return wd
+
+
+def test_pipeline_outputs(workflow: Path) -> None:
+    r = workflow / "results"
+    splits = json.loads((r / "splits.json").read_text())
+    assert len(splits["folds"]) == 2 and splits["test"]
+    cases = pd.read_csv(r / "metrics" / "cases.tsv", sep="\t")
+    expected = {("ensemble", s) for s in splits["test"]} | {(f"fold{k}", s) for k, f in enumerate(splits["folds"]) for s in f["val"]}
+    assert set(zip(cases["model"], cases["subject"])) == expected
+    assert cases["status"].isin(["ok", "empty_prediction", "empty_reference", "both_empty"]).all()
+    summary = pd.read_csv(r / "metrics" / "summary.tsv", sep="\t")
+    assert {"fold0", "fold1", "cv_pooled", "ensemble"} <= set(summary["model"])
+    timing = pd.read_csv(r / "metrics" / "timing.tsv", sep="\t")
+    assert set(timing["step"]) == {"train", "predict"}
+    for k in range(2):
+        hist = pd.read_csv(r / "models" / f"fold{k}" / "history.tsv", sep="\t")
+        assert len(hist) == 3 and {"train_loss", "val_dice", "val_dice_lesion", "lr"} <= set(hist.columns)
+        assert (r / "models" / f"fold{k}" / "curves.png").stat().st_size > 1000
+        assert not (r / "checkpoints" / f"fold{k}.pt").exists(), "a finished fold leaves no checkpoint behind"
+    ens = json.loads((r / "models" / "ensemble.json").read_text())
+    assert [f["fold"] for f in ens["folds"]] == [0, 1]
+
+
+def test_predictions_are_in_source_space(workflow: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    r = workflow / "results"
+    splits = json.loads((r / "splits.json").read_text())
+    for s in splits["test"]:
+        src = nib.load(str(r / "nifti" / s / "image.nii.gz"))
+        pred = nib.load(str(r / "predictions" / "ensemble" / f"{s}.nii.gz"))
+        assert pred.shape == src.shape
+        np.testing.assert_allclose(pred.affine, src.affine, atol=1e-5)
+        assert pred.header["descrip"].tobytes().strip(b"\x00") == b""
+
+
+def test_audit_lists_bad_inputs(workflow: Path) -> None:
+    exc = pd.read_csv(workflow / "results" / "cohort" / "excluded.tsv", sep="\t")
+    reasons = set(exc["reason"])
+    assert {"unreadable", "not_dicom", "missing_slices", "localizer", "no_contrast", "postoperative", "too_few_slices",
+            "derived", "not_t1"} <= reasons
+    text = (workflow / "results" / "cohort" / "summary.txt").read_text()
+    assert "without a usable series" in text
+    inc = pd.read_csv(workflow / "results" / "cohort" / "included.tsv", sep="\t")
+    assert inc["subject"].is_unique and len(inc) == 6
+
+
+def test_no_identifier_anywhere(workflow: Path, tiny_cohort: Path) -> None:
+    """Every PHI field of the cohort carries MARKER; none may reach results/, logs/ or .snakemake/."""
+    hits = []
+    for top in ("results", "logs", ".snakemake"):
+        for p in (workflow / top).rglob("*"):
+            if MARKER in str(p.relative_to(workflow)):
+                hits.append(f"path {p}")
+            if p.is_file() and MARKER.encode() in p.read_bytes():
+                hits.append(f"content {p}")
+    assert not hits, hits[:10]
+    # the private area exists, outside results/, readable only by its owner
+    priv = workflow / "private"
+    assert (priv / "key").stat().st_mode & 0o077 == 0
+    assert MARKER in (priv / "id_map.tsv").read_text()
+
+
+def test_rerun_has_nothing_to_do_and_package_edit_reruns_its_stages(workflow: Path) -> None:
+    assert planned_jobs(smk(workflow, "-n")) == {}
+    metrics_py = workflow / "cohortseg" / "metrics.py"
+    original = metrics_py.read_text()
+    try:
+        metrics_py.write_text(original + "\n# an edit inside the package\n")
+        jobs = planned_jobs(smk(workflow, "-n"))
+        assert jobs == {"metrics": 1, "dice_chart": 1, "all": 1}, jobs
+        util_py = workflow / "cohortseg" / "preprocess.py"
+        util_orig = util_py.read_text()
+        util_py.write_text(util_orig + "\n# an edit inside the package\n")
+        try:
+            jobs = planned_jobs(smk(workflow, "-n"))
+            # preprocess is imported by preprocess and infer: those rerun, and everything downstream of them
+            assert jobs.get("preprocess") == 6 and jobs.get("infer_ensemble") == 2 and jobs.get("infer_fold") == 2
+            assert "convert" not in jobs and "index" not in jobs
+        finally:
+            util_py.write_text(util_orig)
+    finally:
+        metrics_py.write_text(original)
+    assert planned_jobs(smk(workflow, "-n")) == {}
+
+
+def test_missing_fold_is_an_error(workflow: Path) -> None:
+    from cohortseg.ensemble import build_ensemble
+
+    models = [str(workflow / "results" / "models" / "fold0" / "model.pt")]
+    with pytest.raises(ValueError, match="all 2 declared folds"):
+        build_ensemble(models, 2, workflow / "ens.json")
+    with pytest.raises(FileNotFoundError, match="fold 1 model"):
+        build_ensemble(models + [str(workflow / "nope.pt")], 2, workflow / "ens.json")
+    assert not (workflow / "ens.json").exists()
+
+
+def test_lint_is_clean() -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([*SNAKEMAKE, "--lint", "--configfile", "config/demo.yaml"], cwd=REPO, env=env, capture_output=True,
+                          text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Congratulations" in out, out[-5000:]
