@@ -35,7 +35,7 @@ rule infer_ensemble:
         code=fingerprint("infer"),
         name="ensemble",
         cases=lambda wc: [wc.subject],
-        manifest="results/models/ensemble.json",
+        manifest=lambda wc, input: input.manifest,
     log:
         "logs/infer/ensemble/{subject}.log",
     threads: RES["infer_threads"]
@@ -61,7 +61,7 @@ rule infer_external:
         code=fingerprint("infer"),
         name="ensemble",
         cases=lambda wc: [f"{wc.cohort}/{wc.case}"],
-        manifest="results/models/ensemble.json",
+        manifest=lambda wc, input: input.manifest,
     log:
         "logs/infer_external/{cohort}/{case}.log",
     threads: RES["infer_threads"]

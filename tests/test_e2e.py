@@ -127,8 +127,12 @@ def test_rerun_has_nothing_to_do_and_package_edit_reruns_its_stages(workflow: Pa
         util_py.write_text(util_orig + "\n# an edit inside the package\n")
         try:
             jobs = planned_jobs(smk(workflow, "-n"))
-            # preprocess is imported by preprocess and infer: those rerun, and everything downstream of them
-            assert jobs.get("preprocess") == 6 and jobs.get("infer_ensemble") == 2 and jobs.get("infer_fold") == 2
+            # preprocess is imported by preprocess and infer: those rerun, and everything downstream of them;
+            # only the fold (train/val) subjects are preprocessed, test subjects only at inference
+            splits = json.loads((workflow / "results" / "splits.json").read_text())
+            n_fold_subjects = sum(len(f["val"]) for f in splits["folds"])
+            assert jobs.get("preprocess") == n_fold_subjects and jobs.get("train") == 2
+            assert jobs.get("infer_ensemble") == len(splits["test"]) and jobs.get("infer_fold") == 2
             assert "convert" not in jobs and "index" not in jobs
         finally:
             util_py.write_text(util_orig)
