@@ -223,7 +223,7 @@ def train_fold(
         bar = tqdm(range(start_epoch, epochs), desc=f"fold {fold}", unit="epoch", initial=start_epoch, total=epochs,
                    mininterval=1)
         for epoch in bar:
-            if best_epoch >= 0 and wait >= int(tc["patience"]):
+            if best_epoch >= 0 and wait >= int(tc["patience"]) and epoch >= int(tc["min_epochs"]):
                 log.info("fold %d: early stop at epoch %d (best %.4f at epoch %d)", fold, epoch, best_dice, best_epoch)
                 break
             t0 = time.time()

@@ -49,6 +49,7 @@ def workflow(tmp_path_factory: pytest.TempPathFactory, tiny_cohort: Path) -> Pat
     (wd / "data").mkdir()
     (wd / "data" / "tiny").symlink_to(tiny_cohort)
     smk(wd)
+    smk(wd, "--report", "results/report.html")
     return wd
 
 
@@ -108,6 +109,8 @@ def test_no_identifier_anywhere(workflow: Path, tiny_cohort: Path) -> None:
             if p.is_file() and MARKER.encode() in p.read_bytes():
                 hits.append(f"content {p}")
     assert not hits, hits[:10]
+    report = (workflow / "results" / "report.html").read_bytes()
+    assert len(report) > 100_000 and b"sub-" in report
     # the private area exists, outside results/, readable only by its owner
     priv = workflow / "private"
     assert (priv / "key").stat().st_mode & 0o077 == 0
