@@ -168,8 +168,12 @@ def select(
     return included, excluded
 
 
-def summarise(series: pd.DataFrame, included: pd.DataFrame, excluded: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Counts per reason (series and subjects) and the subjects left without a usable series."""
+def summarise(series: pd.DataFrame, included: pd.DataFrame, excluded: pd.DataFrame,
+              rule_order: list[str] | None = None) -> tuple[pd.DataFrame, str]:
+    """Counts per reason (series and subjects) and the subjects left without a usable series.
+
+    A subject without a usable series is counted once, under the reason of its most advanced
+    candidate: the one rejected by the latest rule in ``rule_order`` (the configured rules)."""
     all_subjects = sorted(s for s in series["subject"].unique() if s != "unknown")
     inc = set(included["subject"])
     lost = [s for s in all_subjects if s not in inc]
@@ -178,8 +182,7 @@ def summarise(series: pd.DataFrame, included: pd.DataFrame, excluded: pd.DataFra
         rows.append({"level": "series", "reason": reason, "count": len(grp), "subjects": grp["subject"].nunique(),
                      "description": REASON_TEXT.get(str(reason), str(reason))})
     rows.sort(key=lambda r: (-r["count"], r["reason"]))
-    # a subject without a usable series is counted once, under the reason of its most advanced candidate
-    order = [r["reason"] for r in _default_precedence()]
+    order = list(rule_order or []) + ["not_chosen"]
     subj_reason: dict[str, str] = {}
     for s in lost:
         reasons = excluded.loc[excluded["subject"] == s, "reason"].tolist()
@@ -201,14 +204,6 @@ def summarise(series: pd.DataFrame, included: pd.DataFrame, excluded: pd.DataFra
     if lost:
         text += "Subjects left out: " + ", ".join(f"{s} ({subj_reason[s]})" for s in lost) + ".\n"
     return table, text
-
-
-def _default_precedence() -> list[dict[str, str]]:
-    # later in this list = the candidate got further through the rules
-    return [{"reason": r} for r in (
-        "no_series", "unreadable", "not_dicom", "not_image", "wrong_modality", "localizer", "derived", "not_t1",
-        "no_contrast", "postoperative", "inconsistent_geometry", "missing_slices", "too_few_slices", "wrong_plane",
-        "not_chosen")]
 
 
 def load_hook(spec: str | None) -> Callable[[pd.DataFrame], pd.DataFrame] | None:
@@ -233,7 +228,7 @@ def run(cfg: dict[str, Any], series_tsv: str | Path, subjects_tsv: str | Path, i
     with_mask = set(subjects.loc[subjects["has_mask"].astype(str).str.lower() == "true", "subject"])
     hook = load_hook(cfg["select"]["hook"])
     included, excluded = select(series, cfg["select"]["rules"], cfg["select"]["tie_break"], with_mask, hook)
-    table, text = summarise(series, included, excluded)
+    table, text = summarise(series, included, excluded, [r["reason"] for r in cfg["select"]["rules"]])
     if included.empty:
         write_tsv(excluded_tsv, excluded)
         write_text(summary_txt, text)

@@ -71,7 +71,7 @@ def test_selection_reasons_and_tie_break():
         "ser-6": "too_few_slices", "ser-7": "not_t1", "ser-8": "wrong_plane", "ser-9": "missing_slices",
         "ser-10": "derived", "ser-12": "not_chosen",
     }
-    table, text = summarise(df, inc, exc)
+    table, text = summarise(df, inc, exc, [r["reason"] for r in rules])
     subj = table[table["level"] == "subject"].set_index("reason")["count"].to_dict()
     # the subject's most advanced candidate (latest rule reached) names why it is out
     assert subj == {"no_usable_series:too_few_slices": 1, "no_usable_series:wrong_plane": 1}
