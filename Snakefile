@@ -23,6 +23,7 @@ include: "rules/ensemble.smk"
 include: "rules/infer.smk"
 include: "rules/metrics.smk"
 include: "rules/report.smk"
+include: "rules/provenance.smk"
 
 
 rule all:

@@ -205,7 +205,9 @@ def run(cfg: dict[str, Any], subject: str, included_tsv: str | Path, series_file
         img, meta = convert_series(files, cfg["convert"]["tool"])
     except ConversionError as exc:
         raise ConversionError(f"{subject} series {row['series']}: {exc}") from None
-    meta.update(subject=subject, series=row["series"], study=row["study"])
+    from .provenance import sha256_files
+
+    meta.update(subject=subject, series=row["series"], study=row["study"], source_sha256=sha256_files(files))
     save_nifti(img, image_out)
     write_json(sidecar_out, meta)
     log.info("%s: %s -> %s, shape %s, zooms %s, %s", subject, row["series"], image_out, meta["shape"],

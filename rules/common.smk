@@ -36,6 +36,7 @@ STAGE_CONFIG = {
     "infer": ["infer", "seed", "deterministic"],
     "metrics": ["labels"],
     "report": ["report"],
+    "provenance": sorted(config),
 }
 
 
@@ -124,6 +125,10 @@ def overlay_subjects():
 
 
 def all_targets(wildcards):
+    return all_outputs(wildcards) + ["results/provenance.json"]
+
+
+def all_outputs(wildcards):
     targets = [
         "results/cohort/excluded.tsv",
         "results/models/ensemble.json",

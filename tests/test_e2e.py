@@ -49,6 +49,13 @@ def workflow(tmp_path_factory: pytest.TempPathFactory, tiny_cohort: Path) -> Pat
     (wd / "data").mkdir()
     (wd / "data" / "tiny").symlink_to(tiny_cohort)
     smk(wd)
+    # a new cohort of NIfTI images named in config (infer.cohorts): picked up by the next run
+    (wd / "data" / "external").mkdir()
+    test_subject = json.loads((wd / "results" / "splits.json").read_text())["test"][0]
+    os.link(wd / "results" / "nifti" / test_subject / "image.nii.gz", wd / "data" / "external" / "case01.nii.gz")
+    jobs = planned_jobs(smk(wd, "-n"))
+    assert jobs == {"infer_external": 1, "provenance": 1, "all": 1}, jobs
+    smk(wd)
     smk(wd, "--report", "results/report.html")
     return wd
 
@@ -74,6 +81,21 @@ def test_pipeline_outputs(workflow: Path) -> None:
     assert [f["fold"] for f in ens["folds"]] == [0, 1]
 
 
+def test_provenance_manifest(workflow: Path) -> None:
+    from cohortseg.provenance import sha256_file
+
+    man = json.loads((workflow / "results" / "provenance.json").read_text())
+    assert {"versions", "git", "config", "config_sha256", "hardware", "inputs", "outputs"} <= set(man)
+    assert man["versions"]["torch"].startswith("2.13.0") and man["hardware"]["cpu_count"] >= 1
+    inc = pd.read_csv(workflow / "results" / "cohort" / "included.tsv", sep="\t")
+    assert set(man["inputs"]) == set(inc["subject"])
+    assert all(len(v["source_sha256"]) == 64 and len(v["mask_sha256"]) == 64 for v in man["inputs"].values())
+    outs = man["outputs"]
+    assert "results/metrics/summary.tsv" in outs and "results/models/fold0/model.pt" in outs
+    for path, digest in outs.items():
+        assert sha256_file(workflow / path) == digest, path
+
+
 def test_predictions_are_in_source_space(workflow: Path) -> None:
     import nibabel as nib
     import numpy as np
@@ -86,6 +108,18 @@ def test_predictions_are_in_source_space(workflow: Path) -> None:
         assert pred.shape == src.shape
         np.testing.assert_allclose(pred.affine, src.affine, atol=1e-5)
         assert pred.header["descrip"].tobytes().strip(b"\x00") == b""
+
+
+def test_external_cohort_is_predicted_in_its_own_space(workflow: Path) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    src = nib.load(str(workflow / "data" / "external" / "case01.nii.gz"))
+    pred = nib.load(str(workflow / "results" / "predictions_external" / "external" / "case01.nii.gz"))
+    assert pred.shape == src.shape
+    np.testing.assert_allclose(pred.affine, src.affine, atol=1e-5)
+    info = json.loads((workflow / "results" / "predictions_external" / "external" / "case01.json").read_text())
+    assert info["n_models"] == 2 and info["subject"] == "external/case01"
 
 
 def test_audit_lists_bad_inputs(workflow: Path) -> None:
@@ -124,7 +158,7 @@ def test_rerun_has_nothing_to_do_and_package_edit_reruns_its_stages(workflow: Pa
     try:
         metrics_py.write_text(original + "\n# an edit inside the package\n")
         jobs = planned_jobs(smk(workflow, "-n"))
-        assert jobs == {"metrics": 1, "dice_chart": 1, "all": 1}, jobs
+        assert jobs == {"metrics": 1, "dice_chart": 1, "provenance": 1, "all": 1}, jobs
         util_py = workflow / "cohortseg" / "preprocess.py"
         util_orig = util_py.read_text()
         util_py.write_text(util_orig + "\n# an edit inside the package\n")

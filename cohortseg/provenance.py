@@ -1,0 +1,125 @@
+"""Provenance manifest of a run: ``results/provenance.json``.
+
+Records what is needed to say how every output was made and to check it later: package
+versions, the git commit of the workflow and whether the tree was dirty, the config and its
+hash, checksums of the inputs (per selected series, taken by ``convert`` as it reads the files,
+so the export is not read twice; and of each mask), the hardware, and the SHA-256 of every file
+under ``results/``. Inputs are named by pseudonymous ids only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .util import write_json
+
+PACKAGES = ("torch", "monai", "torchio", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom", "dicom2nifti",
+            "dcm2niix", "snakemake", "matplotlib")
+SKIP_OUTPUTS = {"provenance.json", "report.html"}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_files(paths: list[str]) -> str:
+    """One digest over several files, in the given order (file boundaries included)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def git_state(root: str | Path) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": commit, "dirty": bool(dirty), "changed_files": dirty.splitlines()[:50]}
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {"commit": None, "dirty": None, "note": "not a git checkout"}
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "cpu model")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    try:
+        mem = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20)
+    except (ValueError, OSError):
+        pass
+    info: dict[str, Any] = {"machine": platform.machine(), "system": platform.platform(), "cpu": cpu,
+                            "cpu_count": os.cpu_count(), "memory_mb": mem, "cuda": torch.version.cuda,
+                            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                            "gpus": []}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def output_checksums(results: str | Path) -> dict[str, str]:
+    root = Path(results)
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name not in SKIP_OUTPUTS and "checkpoints" not in p.relative_to(root).parts \
+                and not p.name.startswith("."):
+            out[str(p)] = sha256_file(p)
+    return out
+
+
+def build(cfg: dict[str, Any], sidecars: list[str], masks_json: str | Path, results: str | Path, out: str | Path,
+          workflow_root: str | Path = ".") -> dict[str, Any]:
+    inputs = {}
+    for sc in sorted(sidecars):
+        meta = json.loads(Path(sc).read_text())
+        inputs[meta["subject"]] = {"series": meta["series"], "n_files": meta["n_files"],
+                                   "source_sha256": meta.get("source_sha256")}
+    masks = json.loads(Path(masks_json).read_text())
+    for subject, path in sorted(masks.items()):
+        if subject in inputs:
+            inputs[subject]["mask_sha256"] = sha256_file(path)
+    cfg_json = json.dumps(cfg, sort_keys=True, default=str)
+    manifest = {
+        "cohortseg": __import__("cohortseg").__version__,
+        "versions": versions(),
+        "git": git_state(workflow_root),
+        "config": cfg,
+        "config_sha256": hashlib.sha256(cfg_json.encode()).hexdigest(),
+        "hardware": hardware(),
+        "inputs": inputs,
+        "outputs": output_checksums(results),
+    }
+    write_json(out, manifest)
+    return manifest

@@ -1,0 +1,23 @@
+rule provenance:
+    """Versions, git state, config and hash, input checksums, hardware, SHA-256 of every output."""
+    input:
+        outputs=all_outputs,
+        sidecars=lambda wc: [f"results/nifti/{s}/image.json" for s in included_table()["subject"]],
+        masks=f"{PRIV}/masks.json",
+    output:
+        manifest=report(
+            "results/provenance.json",
+            category="6. Provenance",
+            caption="../report/provenance.rst",
+        ),
+    params:
+        code=fingerprint("provenance"),
+    log:
+        "logs/provenance.log",
+    resources:
+        mem_mb=RES["light_mem_mb"],
+        runtime=30,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/provenance.py"

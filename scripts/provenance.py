@@ -1,0 +1,6 @@
+from cohortseg.provenance import build
+from cohortseg.smk import setup
+
+cfg = setup(snakemake)
+i = snakemake.input
+build(cfg, list(i.sidecars), i.masks, "results", snakemake.output.manifest)
