@@ -66,11 +66,10 @@ def discretise(probs: torch.Tensor, n_labels: int, threshold: float = 0.5) -> to
 
 def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """A model file that loads with ``torch.load(weights_only=True)``: tensors and plain values only."""
-    from .util import atomic_path
+    from .util import save_torch
 
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": meta}, tmp)
+    save_torch({"state_dict": state, "meta": meta}, path)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -30,7 +30,7 @@ from torchio.transforms.augmentation import RandomTransform
 
 from . import __version__
 from .model import build_loss, build_model, discretise, probabilities, save_model, target
-from .util import atomic_path, log, seed_everything, write_json, write_tsv
+from .util import atomic_path, log, save_torch, seed_everything, write_json, write_tsv
 
 
 class Preempted(SystemExit):
@@ -272,8 +272,7 @@ def train_fold(
                   "scheduler": sched.state_dict() if sched is not None else None, "history": history,
                   "best_dice": best_dice, "best_epoch": best_epoch, "wait": wait, "best_state": best_state,
                   "rng": _rng_state(loader_gen)}
-            with atomic_path(ckpt_path) as tmp:
-                torch.save(ck, tmp)
+            save_torch(ck, ckpt_path)
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)

@@ -118,6 +118,22 @@ def set_threads(n: int) -> None:
         torch.set_num_interop_threads(n)
 
 
+def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` atomically and reproducibly.
+
+    ``torch.save`` to a path names the zip archive's root folder after the file, so saving through a
+    random temporary name would make identical weights give different bytes; saving to memory uses a
+    fixed archive name."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
 def scrub_nifti_header(img: Any) -> Any:
     """Blank the free-text NIfTI header fields that converters fill with identifiers."""
     hdr = img.header
