@@ -7,22 +7,14 @@ never silently built from fewer or different folds.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .model import load_model
+from .provenance import sha256_file as sha256
 from .util import write_json
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_ensemble(fold_models: list[str], n_folds: int, out: str | Path) -> dict[str, Any]:

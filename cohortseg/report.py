@@ -20,6 +20,13 @@ def _plt():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _save(fig, out: str | Path) -> None:  # type: ignore[no-untyped-def]
+    """PNG without a software/date tag, written atomically, figure closed."""
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
+    _plt().close(fig)
+
+
 def overlay(image: str | Path, reference: str | Path | None, prediction: str | Path, out: str | Path, title: str) -> None:
     """Three orthogonal slices through the lesion: reference contour green, prediction red."""
     plt = _plt()
@@ -50,9 +57,7 @@ def overlay(image: str | Path, reference: str | Path | None, prediction: str | P
         ax.axis("off")
     fig.suptitle(f"{title}  (green: reference, red: prediction)")
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
-    plt.close(fig)
+    _save(fig, out)
 
 
 def selection_chart(summary_tsv: str | Path, out: str | Path) -> None:
@@ -67,9 +72,7 @@ def selection_chart(summary_tsv: str | Path, out: str | Path) -> None:
     ax.set_title("Series rejected per reason")
     ax.margins(x=0.35)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
-    plt.close(fig)
+    _save(fig, out)
 
 
 def dice_chart(cases_tsv: str | Path, out: str | Path) -> None:
@@ -86,9 +89,7 @@ def dice_chart(cases_tsv: str | Path, out: str | Path) -> None:
     ax.set_ylabel("Dice")
     ax.set_title("Dice per case (folds: validation subjects; ensemble: test subjects)")
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
-    plt.close(fig)
+    _save(fig, out)
 
 
 def run_overlays(items: list[dict[str, Any]], outs: list[str]) -> None:
