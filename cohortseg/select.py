@@ -150,7 +150,10 @@ def select(
     """Return (included: one row per subject, excluded: every rejected series with a reason)."""
     check_rules(rules, list(series.columns))
     df = series.copy()
-    df["reason"] = [first_reason(rules, r) for r in df.to_dict("records")]
+    records = df.to_dict("records")
+    df["reason"] = [first_reason(rules, r) for r in records]
+    # how many rules a series fails: the subject-level summary names the candidate that came closest
+    df["n_failed_rules"] = [sum(evaluate(rule["reject_if"], r) for rule in rules) for r in records]
     if hook is not None:
         df = hook(df)
     passed = df[df["reason"].isna()].copy()
@@ -160,7 +163,7 @@ def select(
     chosen = passed.groupby("subject", sort=True).head(1)
     losers = passed.drop(chosen.index)
     df.loc[losers.index, "reason"] = "not_chosen"
-    included = chosen.drop(columns=["_spacing", "reason"]).sort_values("subject").reset_index(drop=True)
+    included = chosen.drop(columns=["_spacing", "reason", "n_failed_rules"]).sort_values("subject").reset_index(drop=True)
     if subjects_with_mask is not None:
         included["has_mask"] = included["subject"].isin(subjects_with_mask)
     excluded = df[df["reason"].notna()].reset_index(drop=True)
@@ -172,8 +175,8 @@ def summarise(series: pd.DataFrame, included: pd.DataFrame, excluded: pd.DataFra
               rule_order: list[str] | None = None) -> tuple[pd.DataFrame, str]:
     """Counts per reason (series and subjects) and the subjects left without a usable series.
 
-    A subject without a usable series is counted once, under the reason of its most advanced
-    candidate: the one rejected by the latest rule in ``rule_order`` (the configured rules)."""
+    A subject without a usable series is counted once, under the reason of its closest candidate:
+    the series failing the fewest rules (ties: the one rejected by the later rule in ``rule_order``)."""
     all_subjects = sorted(s for s in series["subject"].unique() if s != "unknown")
     inc = set(included["subject"])
     lost = [s for s in all_subjects if s not in inc]
@@ -185,9 +188,10 @@ def summarise(series: pd.DataFrame, included: pd.DataFrame, excluded: pd.DataFra
     order = list(rule_order or []) + ["not_chosen"]
     subj_reason: dict[str, str] = {}
     for s in lost:
-        reasons = excluded.loc[excluded["subject"] == s, "reason"].tolist()
-        ranked = sorted(reasons, key=lambda r: -order.index(r) if r in order else 0)
-        subj_reason[s] = ranked[0] if ranked else "no_series"
+        cand = excluded.loc[excluded["subject"] == s, ["reason", "n_failed_rules"]]
+        ranked = sorted(zip(cand["n_failed_rules"], cand["reason"]),
+                        key=lambda nr: (nr[0], -order.index(nr[1]) if nr[1] in order else 0))
+        subj_reason[s] = ranked[0][1] if ranked else "no_series"
     subj_counts: dict[str, int] = {}
     for r in subj_reason.values():
         subj_counts[r] = subj_counts.get(r, 0) + 1

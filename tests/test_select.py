@@ -73,8 +73,17 @@ def test_selection_reasons_and_tie_break():
     }
     table, text = summarise(df, inc, exc, [r["reason"] for r in rules])
     subj = table[table["level"] == "subject"].set_index("reason")["count"].to_dict()
-    # the subject's most advanced candidate (latest rule reached) names why it is out
+    # the subject's closest candidate (fewest failed rules; ties: the later rule) names why it is out
     assert subj == {"no_usable_series:too_few_slices": 1, "no_usable_series:wrong_plane": 1}
+    # a post-operative T1c (fails one rule) is closer than a FLAIR (not T1 and no contrast), though
+    # the FLAIR's first failing rule comes later in the list
+    df2 = _series([
+        {"subject": "sub-x", "series": "ser-1", "postop": True},
+        {"subject": "sub-x", "series": "ser-2", "series_description": "AX FLAIR", "contrast": False},
+    ])
+    inc2, exc2 = select(df2, rules, tie)
+    _, text2 = summarise(df2, inc2, exc2, [r["reason"] for r in rules])
+    assert "sub-x (postoperative)" in text2
     assert "2 subjects included, 2 without a usable series" in text
 
 
