@@ -305,14 +305,10 @@ def train_fold(
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
+    """Package versions (as in the provenance manifest) plus the CUDA and cuDNN torch was built with."""
+    from .provenance import versions as package_versions
 
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "monai", "torchio", "numpy", "nibabel", "SimpleITK", "pydicom", "dicom2nifti", "snakemake"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
+    out = package_versions()
     out["cuda"] = str(torch.version.cuda)
     out["cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none"
     return out
