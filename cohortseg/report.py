@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -91,7 +90,3 @@ def dice_chart(cases_tsv: str | Path, out: str | Path) -> None:
     fig.tight_layout()
     _save(fig, out)
 
-
-def run_overlays(items: list[dict[str, Any]], outs: list[str]) -> None:
-    for item, out in zip(items, outs):
-        overlay(item["image"], item.get("reference"), item["prediction"], out, item["title"])
