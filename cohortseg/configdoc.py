@@ -60,7 +60,8 @@ def render() -> str:
         text += f"| `{r['reason']}` | `{cond}` |\n"
     text += (
         "\nFields usable in conditions are the columns of `results/cohort/series.tsv` (see the index stage in the "
-        "README). Operators: `equals`, `in`, `regex` (case-insensitive search), `min`, `max`, `missing`, and "
+        "README). Operators: `equals`, `in`, `regex` (case-insensitive search), `min`, `max`, `missing`, "
+        "`orientation` (planes, with `within_deg`), and "
         "`not` / `any` / `all` to combine.\n"
     )
     return text

@@ -9,6 +9,7 @@ blanked; the sidecar holds a whitelist of acquisition parameters, never identifi
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -85,9 +86,10 @@ def _dcm2niix(links: list[Path], out: Path) -> Path:
     if proc.returncode != 0:
         raise ConversionError(f"dcm2niix failed with exit code {proc.returncode}")
     produced = sorted(out.glob("image*.nii.gz"))
-    # dcm2niix writes a tilt-corrected copy (_Tilt_Eq) or an equalised one (_Eq) where it had to: prefer those
-    for suffix in ("_Tilt_Eq", "_Eq", ""):
-        cand = [p for p in produced if p.name == f"image{suffix}.nii.gz"]
+    # beside the raw stack, dcm2niix writes a tilt-corrected (_Tilt) and/or equidistant (_Eq) copy where
+    # the raw one is sheared or unevenly spaced (names like image_Tilt_Eq_1.nii.gz): prefer those
+    for pattern in (r"_Tilt_Eq(_\d+)?$", r"_Tilt(_\d+)?$", r"_Eq(_\d+)?$", r"^image$"):
+        cand = [p for p in produced if re.search(pattern, p.name[: -len(".nii.gz")])]
         if cand:
             return cand[0]
     if produced:
@@ -95,43 +97,76 @@ def _dcm2niix(links: list[Path], out: Path) -> Path:
     raise ConversionError("dcm2niix produced no NIfTI file")
 
 
-def convert_series(files: list[str], tool: str) -> tuple[nib.Nifti1Image, dict[str, Any]]:
-    """Convert the files of one series; return the NIfTI image (in memory) and the sidecar."""
+def _convert_with(tool: str, links: list[Path], tmp: Path) -> Path:
+    out = tmp / f"out-{tool}"
+    out.mkdir()
+    try:
+        return _dicom2nifti(links, out) if tool == "dicom2nifti" else _dcm2niix(links, out)
+    except ConversionError:
+        raise
+    except Exception as exc:  # converters raise their own types; re-word without paths
+        raise ConversionError(f"{tool} could not convert the series: {type(exc).__name__}: {_strip_paths(str(exc), tmp)}") from None
+
+
+def convert_series(files: list[str], tool: str, correction: str = "", allow_4d: bool = False
+                   ) -> tuple[nib.Nifti1Image, dict[str, Any]]:
+    """Convert the files of one series; return the NIfTI image (in memory) and the sidecar.
+
+    ``correction`` ('gantry_tilt', 'uneven_spacing' or both joined by '+', from selection) asks
+    for resampling onto a regular grid, which dcm2niix does (its _Tilt/_Eq outputs); with tool
+    ``auto`` such series go to dcm2niix and the rest to dicom2nifti, falling back to dcm2niix
+    where dicom2nifti fails. A 4D result is an error unless ``allow_4d``."""
     if not files:
         raise ConversionError("series has no files")
+    fallback = None
     with tempfile.TemporaryDirectory(prefix="cohortseg-convert-") as t:
         tmp = Path(t)
         links = _link_anonymously(files, tmp)
-        out = tmp / "out"
-        out.mkdir()
+        used = tool
+        if tool == "auto":
+            used = "dcm2niix" if correction else "dicom2nifti"
+        if correction and used != "dcm2niix":
+            raise ConversionError(f"series needs {correction} correction, which only dcm2niix does (convert.tool: auto or dcm2niix)")
         try:
-            nii_path = _dicom2nifti(links, out) if tool == "dicom2nifti" else _dcm2niix(links, out)
-        except ConversionError:
-            raise
-        except Exception as exc:  # converters raise their own types; re-word without paths
-            raise ConversionError(f"{tool} could not convert the series: {type(exc).__name__}: {_strip_paths(str(exc), tmp)}") from None
+            nii_path = _convert_with(used, links, tmp)
+        except ConversionError as exc:
+            if tool != "auto" or used == "dcm2niix":
+                raise
+            fallback = str(exc)
+            log.warning("%s; converting with dcm2niix instead", exc)
+            used = "dcm2niix"
+            nii_path = _convert_with(used, links, tmp)
         img = nib.load(str(nii_path))
         data = np.asanyarray(img.dataobj)
         first = pydicom.dcmread(str(links[0]), stop_before_pixels=True)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    if data.ndim != 3:
+    if data.ndim != 3 and not (allow_4d and data.ndim == 4):
         raise ConversionError(f"expected a 3D volume, got shape {data.shape}")
     if data.dtype == np.float64:
         data = data.astype(np.float32)
+    cols = img.affine[:3, :3] / np.linalg.norm(img.affine[:3, :3], axis=0)
+    shear = float(np.degrees(np.arcsin(min(1.0, np.abs(cols.T @ cols - np.eye(3)).max()))))
+    if shear > 0.01:
+        raise ConversionError(f"the converted grid is sheared by {shear:.2f} degrees (gantry tilt left uncorrected)")
     out_img = nib.Nifti1Image(data, img.affine)
     out_img.set_qform(img.affine, code=1)
     out_img.set_sform(img.affine, code=1)
     out_img.header.set_xyzt_units("mm", "sec")
     meta = sidecar(first)
     meta.update(
-        converter=tool,
-        converter_version=_tool_version(tool),
+        converter=used,
+        converter_version=_tool_version(used),
+        geometry_correction=correction,
         shape=list(data.shape),
         zooms=[float(z) for z in out_img.header.get_zooms()[:3]],
         orientation="".join(nib.aff2axcodes(out_img.affine)),
         n_files=len(files),
     )
+    if fallback:
+        meta["converter_fallback_from"] = "dicom2nifti"
+    if correction and not re.search(r"_(Tilt|Eq)", nii_path.name):
+        log.warning("series flagged for %s correction, but dcm2niix found nothing to correct", correction)
     return out_img, meta
 
 
@@ -202,7 +237,9 @@ def run(cfg: dict[str, Any], subject: str, included_tsv: str | Path, series_file
     row = included_row(included_tsv, subject)
     files = json.loads(Path(series_files_json).read_text())[row["series"]]
     try:
-        img, meta = convert_series(files, cfg["convert"]["tool"])
+        corr = row.get("geometry_correction")
+        corr = corr if isinstance(corr, str) else ""
+        img, meta = convert_series(files, cfg["convert"]["tool"], corr)
     except ConversionError as exc:
         raise ConversionError(f"{subject} series {row['series']}: {exc}") from None
     from .provenance import sha256_files

@@ -33,8 +33,11 @@ HEADER_TAGS = [
     "ContrastBolusAgent", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
     "SliceThickness", "Rows", "Columns", "StudyDate", "StudyTime", "SeriesNumber", "InstanceNumber",
     "NumberOfFrames", "Manufacturer", "MagneticFieldStrength", "EchoTime", "GantryDetectorTilt",
-    "AcquisitionNumber",
+    "AcquisitionNumber", "BitsAllocated", "SamplesPerPixel", "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
 ]
+MOSAIC_TAG = 0x0019100A  # Siemens NumberOfImagesInMosaic (private, CSA group 0019)
+CSA_IMAGE_TAG = 0x00291010  # Siemens CSA image header: holds the mosaic count where 0019,100A is absent
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 SECONDARY_CAPTURE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
@@ -44,17 +47,19 @@ CONTRAST_DESC = re.compile(r"\+\s*c\b|\bpost[ _-]?(gad|gd|contrast|kм)|\bgad|\b
 SERIES_COLUMNS = [
     "subject", "study", "series", "status", "series_number", "modality", "sop_class", "is_image",
     "series_description", "image_type", "contrast", "postop", "study_order", "days_from_first",
-    "n_files", "n_slices", "n_volumes", "n_frames", "duplicates", "rows", "cols",
+    "n_files", "n_slices", "n_volumes", "n_frames", "duplicates", "split_from_uid", "rows", "cols",
     "pixel_spacing_row", "pixel_spacing_col", "slice_spacing", "slice_thickness", "plane",
     "obliquity_deg", "gantry_tilt_deg", "slice_gaps_uneven", "missing_slices", "geometry_consistent",
-    "manufacturer", "field_strength",
+    "transfer_syntax", "decodable", "mosaic", "manufacturer", "field_strength",
 ]
+# statuses of files that hold no series: each becomes a row of its own in the index and the audit
+FILE_STATUSES = ("unreadable", "truncated", "not_dicom", "dicomdir", "empty_folder")
 
 
 @dataclass
 class FileHeader:
     path: str
-    status: str  # ok | unreadable | not_dicom | dicomdir
+    status: str  # ok | unreadable | truncated | not_dicom | dicomdir
     tags: dict[str, Any]
 
 
@@ -67,40 +72,135 @@ def _value(ds: pydicom.Dataset, name: str) -> Any:
     return v
 
 
-def read_header(path: str) -> FileHeader:
-    """Read the header tags of one file; classify non-DICOM and corrupt files."""
+def _floats(v: Any) -> list[float] | None:
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-    except InvalidDicomError:
-        # some exports omit the 128-byte preamble: accept only if real tags come out
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS, force=True)
-            if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
-                return FileHeader(path, _not_dicom_or_corrupt(path), {})
-        except Exception:
-            return FileHeader(path, _not_dicom_or_corrupt(path), {})
+        return [float(x) for x in v]
+    except (TypeError, ValueError):
+        return None
+
+
+def _first(seq: Any, *names: str) -> Any:
+    """seq[0].names[0]...[0].last (functional group lookups), or None."""
+    cur = seq
+    for name in names:
+        if cur is None:
+            return None
+        if isinstance(cur, pydicom.Sequence):
+            if len(cur) == 0:
+                return None
+            cur = cur[0]
+        cur = cur.get(name)
+    return cur
+
+
+def _frame_geometry(ds: pydicom.Dataset, tags: dict[str, Any]) -> None:
+    """Enhanced multi-frame: orientation, spacing and per-frame positions from the functional groups."""
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per = ds.get("PerFrameFunctionalGroupsSequence")
+    if per is None:
+        return
+    sh = shared[0] if shared else pydicom.Dataset()
+    iop = _first(sh.get("PlaneOrientationSequence"), "ImageOrientationPatient")
+    ps = _first(sh.get("PixelMeasuresSequence"), "PixelSpacing")
+    th = _first(sh.get("PixelMeasuresSequence"), "SliceThickness")
+    ipps = []
+    for fr in per:
+        ipp = _first(fr.get("PlanePositionSequence"), "ImagePositionPatient")
+        iop = iop if iop is not None else _first(fr.get("PlaneOrientationSequence"), "ImageOrientationPatient")
+        ps = ps if ps is not None else _first(fr.get("PixelMeasuresSequence"), "PixelSpacing")
+        th = th if th is not None else _first(fr.get("PixelMeasuresSequence"), "SliceThickness")
+        ipps.append(_floats(ipp) if ipp is not None else None)
+    if iop is not None:
+        tags["ImageOrientationPatient"] = _floats(iop)
+    if ps is not None:
+        tags["PixelSpacing"] = _floats(ps)
+    if th is not None and "SliceThickness" not in tags:
+        tags["SliceThickness"] = float(th)
+    if all(p is not None and len(p) == 3 for p in ipps):
+        tags["FramePositions"] = ipps
+
+
+def _pixel_data_state(fh: Any, size: int, explicit_vr: bool, little: bool) -> str:
+    """After a header read that stopped before the pixels: 'ok', 'truncated' or 'no_pixels'."""
+    pos = fh.tell()
+    head = fh.read(12)
+    if len(head) < 8:
+        return "no_pixels"
+    order = "<" if little else ">"
+    import struct
+
+    group, elem = struct.unpack(order + "HH", head[:4])
+    if (group, elem) not in ((0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)):
+        return "no_pixels"
+    if explicit_vr:
+        length = struct.unpack(order + "L", head[8:12])[0]
+        start = pos + 12
+    else:
+        length = struct.unpack(order + "L", head[4:8])[0]
+        start = pos + 8
+    if length == 0xFFFFFFFF:  # encapsulated: must end with a sequence delimiter
+        fh.seek(-8, os.SEEK_END)
+        tail = fh.read(8)
+        return "ok" if tail[:4] in (b"\xfe\xff\xdd\xe0", b"\xff\xfe\xe0\xdd") else "truncated"
+    return "ok" if start + length <= size else "truncated"
+
+
+def read_header(path: str) -> FileHeader:
+    """Read the header tags of one file; classify non-DICOM, DICOMDIR, corrupt and truncated files.
+
+    Reads up to the pixel data and no further, then checks the pixel data element's length
+    against the file size, so a file cut short in transfer is caught here, not at conversion."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            try:
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=HEADER_TAGS + [MOSAIC_TAG, CSA_IMAGE_TAG])
+            except InvalidDicomError:
+                # some exports omit the 128-byte preamble: accept only if real tags come out
+                fh.seek(0)
+                try:
+                    ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=HEADER_TAGS + [MOSAIC_TAG, CSA_IMAGE_TAG], force=True)
+                except Exception:
+                    return FileHeader(path, _not_dicom_or_corrupt(path), {})
+                if "SOPClassUID" not in ds and "SeriesInstanceUID" not in ds:
+                    return FileHeader(path, _not_dicom_or_corrupt(path), {})
+            meta = getattr(ds, "file_meta", None)
+            meta_class = getattr(meta, "MediaStorageSOPClassUID", None)
+            if meta_class == DICOMDIR_CLASS or os.path.basename(path).upper() == "DICOMDIR":
+                return FileHeader(path, "dicomdir", {})
+            ts = getattr(meta, "TransferSyntaxUID", None)
+            implicit_vr, little_endian = ds.original_encoding  # as the file was encoded
+            explicit = not implicit_vr if implicit_vr is not None else True
+            little = bool(little_endian) if little_endian is not None else True
+            pixels = _pixel_data_state(fh, size, explicit, little)
     except Exception:
         return FileHeader(path, "unreadable", {})
-    meta_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
-    if meta_class == DICOMDIR_CLASS or os.path.basename(path).upper() == "DICOMDIR":
-        return FileHeader(path, "dicomdir", {})
-    tags: dict[str, Any] = {}
+    if pixels == "truncated":
+        return FileHeader(path, "truncated", {})
+    tags: dict[str, Any] = {"TransferSyntaxUID": str(ts) if ts else "", "HasPixelData": pixels == "ok"}
     try:
         for name in HEADER_TAGS:
             v = _value(ds, name)
-            if v is None:
+            if v is None or name.endswith("FunctionalGroupsSequence"):
                 continue
             if name in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
                 v = [float(x) for x in v]
             elif name in ("SliceThickness", "MagneticFieldStrength", "EchoTime", "GantryDetectorTilt"):
                 v = float(v)
-            elif name in ("Rows", "Columns", "SeriesNumber", "InstanceNumber", "NumberOfFrames", "AcquisitionNumber"):
+            elif name in ("Rows", "Columns", "SeriesNumber", "InstanceNumber", "NumberOfFrames", "AcquisitionNumber",
+                          "BitsAllocated", "SamplesPerPixel"):
                 v = int(v)
             elif name == "ImageType":
                 v = "\\".join(str(x) for x in (v if isinstance(v, list) else [v]))
             else:
                 v = str(v)
             tags[name] = v
+        if "MOSAIC" in str(tags.get("ImageType", "")).upper():
+            n = _mosaic_images(ds)
+            if n > 1:
+                tags["MosaicImages"] = n
+        if int(tags.get("NumberOfFrames", 1)) > 1:
+            _frame_geometry(ds, tags)
     except Exception:
         return FileHeader(path, "unreadable", {})
     if "SeriesInstanceUID" not in tags:
@@ -108,27 +208,51 @@ def read_header(path: str) -> FileHeader:
     return FileHeader(path, "ok", tags)
 
 
+def _mosaic_images(ds: pydicom.Dataset) -> int:
+    """Slices in a Siemens mosaic: NumberOfImagesInMosaic, else the CSA image header (nibabel reads it)."""
+    el = ds.get(MOSAIC_TAG)
+    if el is not None:
+        raw = el.value
+        return int.from_bytes(raw[:2], "little") if isinstance(raw, bytes) else int(raw)
+    el = ds.get(CSA_IMAGE_TAG)
+    if el is not None:
+        try:
+            from nibabel.nicom import csareader
+
+            return int(csareader.get_n_mosaic(csareader.read(el.value)) or 0)
+        except Exception:
+            return 0
+    return 0
+
+
 def _not_dicom_or_corrupt(path: str) -> str:
-    """A file that looks like it was meant to be DICOM is corrupt; anything else is not DICOM."""
+    """A file that looks like it was meant to be DICOM is corrupt; anything else is not DICOM.
+
+    Meant to be DICOM: the 'DICM' magic, a DICOM extension, or no extension (PACS exports name
+    files I10, IM0001...) unless its first kilobyte is plain text (a LICENSE, a README)."""
     name = os.path.basename(path).lower()
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            head = fh.read(1024)
     except OSError:
         return "unreadable"
-    if head[128:132] == b"DICM" or name.endswith((".dcm", ".ima", ".dicom")) or "." not in name:
+    if head[128:132] == b"DICM" or name.endswith((".dcm", ".ima", ".dicom")):
         return "unreadable"
+    if "." not in name:
+        text = sum(32 <= b < 127 or b in (9, 10, 13) for b in head) >= 0.95 * max(len(head), 1)
+        return "not_dicom" if text else "unreadable"
     return "not_dicom"
 
 
-def list_files(root: str | Path) -> list[str]:
+def list_files(root: str | Path, empty_dirs: list[str] | None = None) -> list[str]:
+    """Every non-hidden file under root in a stable order; folders with nothing in them go to empty_dirs."""
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for f in sorted(filenames):
-            if f.startswith("."):
-                continue
-            files.append(os.path.join(dirpath, f))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        visible = sorted(f for f in filenames if not f.startswith("."))
+        if not visible and not dirnames and empty_dirs is not None:
+            empty_dirs.append(dirpath)
+        files.extend(os.path.join(dirpath, f) for f in visible)
     return files
 
 
@@ -162,13 +286,50 @@ def sop_class_name(uid: str | None) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name).strip("_") or "unknown"
 
 
+def decodable(ts_uid: str) -> bool:
+    """Whether an installed pydicom pixel decoder handles this transfer syntax."""
+    if not ts_uid:
+        return True  # no meta header: implicit little endian
+    try:
+        from pydicom.pixels.decoders.base import get_decoder
+
+        return bool(get_decoder(ts_uid).is_available)
+    except Exception:
+        return False
+
+
+def _ts_name(uid: str) -> str:
+    try:
+        return str(pydicom.uid.UID(uid).keyword or uid) if uid else "ImplicitVRLittleEndian"
+    except Exception:
+        return uid
+
+
+def _geometry_key(h: FileHeader) -> tuple[Any, ...]:
+    """Files of one SeriesInstanceUID that cannot form one volume differ in this key."""
+    t = h.tags
+    iop = t.get("ImageOrientationPatient")
+    ps = t.get("PixelSpacing")
+    return (t.get("Rows"), t.get("Columns"), tuple(np.round(iop, 2)) if iop and len(iop) == 6 else None,
+            tuple(np.round(ps, 3)) if ps and len(ps) == 2 else None, t.get("SOPClassUID"), t.get("SeriesNumber"))
+
+
+def split_mixed(hs: list[FileHeader]) -> list[list[FileHeader]]:
+    """Split the files of one SeriesInstanceUID by image size, orientation, pixel spacing, SOP
+    class and series number (PACS exports do mix a localizer or a reformat into a series). The largest part comes first."""
+    groups: dict[tuple[Any, ...], list[FileHeader]] = defaultdict(list)
+    for h in hs:
+        groups[_geometry_key(h)].append(h)
+    return sorted(groups.values(), key=lambda g: (-len(g), g[0].path))
+
+
 def summarise_series(headers: list[FileHeader], gap_tol: float) -> dict[str, Any]:
     """Geometry and tag summary of the files of one series."""
     t0 = headers[0].tags
     sop_uids = [h.tags.get("SOPInstanceUID") for h in headers]
     dups = len(sop_uids) - len(set(sop_uids))
-    uniq = {h.tags.get("SOPInstanceUID"): h for h in headers}
-    hs = list(uniq.values())
+    hs = unique_instances(headers)
+    ts = t0.get("TransferSyntaxUID", "")
     row: dict[str, Any] = {
         "n_files": len(headers), "duplicates": dups,
         "modality": t0.get("Modality", ""), "sop_class": sop_class_name(t0.get("SOPClassUID")),
@@ -176,12 +337,14 @@ def summarise_series(headers: list[FileHeader], gap_tol: float) -> dict[str, Any
         "image_type": t0.get("ImageType", ""),
         "series_number": t0.get("SeriesNumber", -1),
         "rows": t0.get("Rows"), "cols": t0.get("Columns"),
-        "is_image": bool(t0.get("Rows")) and bool(t0.get("Columns")),
+        "is_image": bool(t0.get("Rows")) and bool(t0.get("Columns")) and bool(t0.get("HasPixelData", True)),
         "n_frames": max(int(h.tags.get("NumberOfFrames", 1)) for h in hs),
         "slice_thickness": t0.get("SliceThickness"),
         "manufacturer": t0.get("Manufacturer", ""),
         "field_strength": t0.get("MagneticFieldStrength"),
         "gantry_tilt_deg": abs(float(t0.get("GantryDetectorTilt", 0.0))),
+        "transfer_syntax": _ts_name(ts), "decodable": decodable(ts),
+        "mosaic": bool(t0.get("MosaicImages")),
     }
     ps = t0.get("PixelSpacing")
     row["pixel_spacing_row"], row["pixel_spacing_col"] = (ps[0], ps[1]) if ps and len(ps) == 2 else (None, None)
@@ -190,6 +353,11 @@ def summarise_series(headers: list[FileHeader], gap_tol: float) -> dict[str, Any
     consistent = len(dims) == 1
     row.update(n_slices=len(hs), n_volumes=1, slice_spacing=None, plane="unknown", obliquity_deg=None,
                slice_gaps_uneven=False, missing_slices=0)
+    # one position per 2D image: a file each, or the frames of an enhanced multi-frame file
+    if row["n_frames"] > 1:
+        ipps = [p for h in hs for p in (h.tags.get("FramePositions") or [None])]
+    else:
+        ipps = [h.tags.get("ImagePositionPatient") for h in hs]
     if iops[0] is not None and all(i is not None and len(i) == 6 for i in iops):
         iop = np.array(iops[0], dtype=float)
         if any(np.abs(np.array(i) - iop).max() > 1e-3 for i in iops):
@@ -197,23 +365,37 @@ def summarise_series(headers: list[FileHeader], gap_tol: float) -> dict[str, Any
         rdir, cdir = iop[:3], iop[3:]
         normal = np.cross(rdir, cdir)
         if np.linalg.norm(normal) > 0.5:
+            normal = normal / np.linalg.norm(normal)
             row["plane"], row["obliquity_deg"] = _plane(normal)
-            ipps = [h.tags.get("ImagePositionPatient") for h in hs]
-            if all(p is not None and len(p) == 3 for p in ipps) and row["n_frames"] == 1:
-                d = np.array(ipps, dtype=float) @ normal
-                pos = np.unique(np.round(d, 3))
+            if row["mosaic"]:
+                row["n_slices"] = int(t0["MosaicImages"])
+                row["n_volumes"] = len(hs)
+            elif all(p is not None and len(p) == 3 for p in ipps):
+                P = np.array(ipps, dtype=float)
+                d = P @ normal
+                pos, first_idx = np.unique(np.round(d, 3), return_index=True)
                 row["n_slices"] = int(len(pos))
-                row["n_volumes"] = int(round(len(hs) / max(len(pos), 1)))
-                if len(hs) % max(len(pos), 1):
+                row["n_volumes"] = int(round(len(P) / max(len(pos), 1)))
+                if len(P) % max(len(pos), 1):
                     consistent = False
+                if len(pos) >= 2:
+                    # gantry tilt, measured: the angle between the stacking direction and the slice normal
+                    step = P[first_idx[-1]] - P[first_idx[0]]
+                    if np.linalg.norm(step) > 0:
+                        cosang = abs(float(step @ normal)) / float(np.linalg.norm(step))
+                        tilt = float(np.degrees(np.arccos(np.clip(cosang, -1, 1))))
+                        row["gantry_tilt_deg"] = round(tilt, 3) if tilt > 0.01 else 0.0
                 if len(pos) > 2:
                     gaps = np.diff(pos)
                     med = float(np.median(gaps))
                     row["slice_spacing"] = med
                     if med > 0:
                         uneven = bool(np.any(np.abs(gaps - med) > gap_tol * med))
-                        row["slice_gaps_uneven"] = uneven
-                        row["missing_slices"] = max(0, int(round((pos[-1] - pos[0]) / med)) + 1 - len(pos)) if uneven else 0
+                        ratios = gaps / med
+                        # a missing slice leaves a gap that is a whole multiple of the spacing
+                        whole = bool(np.all(np.abs(ratios - np.round(ratios)) <= gap_tol))
+                        row["slice_gaps_uneven"] = uneven and not whole
+                        row["missing_slices"] = int(np.round(ratios).sum() - len(gaps)) if uneven and whole else 0
                 elif len(pos) == 2:
                     row["slice_spacing"] = float(pos[1] - pos[0])
             elif row["n_frames"] > 1:
@@ -236,7 +418,8 @@ def build_index(
     dicom_dir = Path(dicom_dir)
     if not dicom_dir.is_dir():
         raise FileNotFoundError(f"dicom_dir {dicom_dir} does not exist or is not a folder")
-    paths = list(files) if files is not None else list_files(dicom_dir)
+    empty: list[str] = []
+    paths = list(files) if files is not None else list_files(dicom_dir, empty)
     headers = read_headers(paths, workers)
     postop = re.compile(postop_regex, re.I)
 
@@ -267,7 +450,11 @@ def build_index(
     rows: list[dict[str, Any]] = []
     series_files: dict[str, list[str]] = {}
     id_map: dict[str, str] = {}
-    for uid, hs in sorted(by_series.items(), key=lambda kv: (kv[1][0].tags.get("PatientID", ""), kv[0])):
+    parts: list[tuple[str, str, list[FileHeader]]] = []
+    for uid, all_hs in sorted(by_series.items(), key=lambda kv: (kv[1][0].tags.get("PatientID", ""), kv[0])):
+        for k, hs in enumerate(split_mixed(all_hs)):
+            parts.append((uid, uid if k == 0 else f"{uid}#part{k}", hs))
+    for uid, part_uid, hs in parts:
         t = hs[0].tags
         pid = t.get("PatientID", "")
         if not pid:
@@ -275,33 +462,35 @@ def build_index(
         subject = pseudo.subject(pid)
         id_map[subject] = pid
         order, days = study_rank(t.get("PatientID", ""), t.get("StudyInstanceUID", ""))
-        row = {"subject": subject, "study": pseudo.study(t.get("StudyInstanceUID", "")), "series": pseudo.series(uid),
+        row = {"subject": subject, "study": pseudo.study(t.get("StudyInstanceUID", "")), "series": pseudo.series(part_uid),
                "status": "ok"}
         row.update(summarise_series(hs, gap_tol))
+        # files of one SeriesInstanceUID that cannot form one volume: each part is a series of its own
+        row["split_from_uid"] = pseudo.series(uid) if part_uid != uid else ""
         text = " ".join(str(t.get(k, "")) for k in ("StudyDescription", "SeriesDescription", "ProtocolName"))
         row["postop"] = bool(postop.search(text))
         row["study_order"] = order
         row["days_from_first"] = days
         rows.append(row)
-        series_files[row["series"]] = _spatial_order(hs)
+        series_files[row["series"]] = _spatial_order(unique_instances(hs))
 
     file_map: dict[str, str] = {}
+    for folder in empty:
+        bad.append(FileHeader(folder, "empty_folder", {}))
     for h in bad:
-        if h.status == "dicomdir":
-            continue
         owners = folder_patient.get(os.path.dirname(h.path))
         subject = pseudo.subject(owners.most_common(1)[0][0]) if owners else "unknown"
         fid = pseudo.file(h.path)
         file_map[fid] = h.path
-        rows.append({"subject": subject, "study": "", "series": fid, "status": h.status, "n_files": 1,
+        rows.append({"subject": subject, "study": "", "series": fid, "status": h.status, "n_files": 0 if h.status == "empty_folder" else 1,
                      "is_image": False, "contrast": False, "postop": False, "geometry_consistent": False,
                      "slice_gaps_uneven": False, "missing_slices": 0, "duplicates": 0, "modality": "",
                      "series_description": "", "image_type": "", "sop_class": "unknown", "plane": "unknown"})
-        log.warning("%s: %s file (source path in %s/file_map.tsv)", fid, h.status, "private_dir")
+        log.warning("%s: %s (source path in %s/file_map.tsv)", fid, h.status.replace("_", " "), "private_dir")
     df = pd.DataFrame(rows, columns=SERIES_COLUMNS)
     df = df.sort_values(["subject", "study_order", "series_number", "series"], na_position="last", kind="stable")
     private = {"series_files": series_files, "id_map": id_map, "file_map": file_map,
-               "n_files": len(paths), "status_counts": dict(Counter(h.status for h in headers))}
+               "n_files": len(paths), "status_counts": dict(Counter(h.status for h in headers)), "empty_folders": len(empty)}
     return df.reset_index(drop=True), private
 
 
@@ -310,6 +499,14 @@ def _date(s: str) -> dt.date | None:
         return dt.datetime.strptime(s[:8], "%Y%m%d").date()
     except (ValueError, TypeError):
         return None
+
+
+def unique_instances(hs: list[FileHeader]) -> list[FileHeader]:
+    """One file per SOPInstanceUID (the first in path order): a duplicate export is not a second slice."""
+    seen: dict[str, FileHeader] = {}
+    for h in sorted(hs, key=lambda h: h.path):
+        seen.setdefault(str(h.tags.get("SOPInstanceUID", h.path)), h)
+    return list(seen.values())
 
 
 def _spatial_order(hs: list[FileHeader]) -> list[str]:

@@ -7,7 +7,15 @@ rejected with the reason of the first that holds. Conditions:
 - ``{field: F, in: [V, ...]}``, ``{field: F, regex: R}`` (case-insensitive search),
 - ``{field: F, min: X}`` / ``{field: F, max: X}`` (holds when the value is >= X / <= X),
 - ``{field: F, missing: true}`` (empty or NA),
+- ``{orientation: [plane, ...], within_deg: X}`` (the series' plane is one of those and its
+  slice normal lies within X degrees of that plane's axis),
 - ``{not: C}``, ``{any: [C, ...]}``, ``{all: [C, ...]}``.
+
+``select.override`` replaces the condition of named rules (``null`` drops one), so a study
+changes one threshold without repeating the list. ``select.gantry_tilt`` and
+``select.uneven_spacing`` = ``reject`` add the rules ``gantry_tilt`` / ``uneven_spacing``; with
+``correct`` (default) such series pass, are flagged in ``geometry_correction`` and the converter
+resamples them onto a regular grid.
 
 Of the series that pass, the tie-break keys (``most_slices``, ``thinnest``, ``latest``,
 ``earliest``, then series number and id for a total order) pick one per subject.
@@ -28,7 +36,15 @@ from .util import log, read_tsv, write_text, write_tsv
 Condition = Mapping[str, Any]
 REASON_TEXT = {
     "unreadable": "unreadable or corrupt files",
+    "truncated": "truncated files (pixel data cut short)",
     "not_dicom": "non-DICOM files",
+    "dicomdir": "DICOMDIR index files",
+    "empty_folder": "empty folders",
+    "undecodable": "with a transfer syntax no installed decoder reads",
+    "not_a_volume": "not a volume (all images at one position)",
+    "multi_volume": "4D / multi-volume series",
+    "gantry_tilt": "with gantry tilt",
+    "uneven_spacing": "with uneven slice spacing",
     "not_image": "not an image (SR, presentation state, ...)",
     "wrong_modality": "wrong modality",
     "localizer": "localizers",
@@ -36,7 +52,7 @@ REASON_TEXT = {
     "postoperative": "post-operative",
     "not_t1": "not T1-weighted",
     "no_contrast": "without contrast",
-    "missing_slices": "with missing slices or uneven spacing",
+    "missing_slices": "with missing slices",
     "inconsistent_geometry": "with inconsistent geometry",
     "too_few_slices": "with too few slices",
     "wrong_plane": "in a non-accepted plane",
@@ -75,8 +91,20 @@ def evaluate(cond: Condition, row: Mapping[str, Any]) -> bool:
         return any(evaluate(c, row) for c in cond["any"])
     if "all" in cond:
         return all(evaluate(c, row) for c in cond["all"])
+    if "orientation" in cond:
+        planes = cond["orientation"]
+        planes = [planes] if isinstance(planes, str) else list(planes)
+        bad = set(planes) - {"axial", "coronal", "sagittal"}
+        if bad or set(cond) - {"orientation", "within_deg"}:
+            raise RuleError(f"orientation condition takes planes axial/coronal/sagittal and within_deg: {dict(cond)}")
+        if "plane" not in row or "obliquity_deg" not in row:
+            raise RuleError("orientation condition needs the columns plane and obliquity_deg")
+        if str(row["plane"]) not in planes:
+            return False
+        tol = float(cond.get("within_deg", 45.0))
+        return not _is_missing(row["obliquity_deg"]) and float(row["obliquity_deg"]) <= tol
     if "field" not in cond:
-        raise RuleError(f"condition needs 'field', 'not', 'any' or 'all': {dict(cond)}")
+        raise RuleError(f"condition needs 'field', 'orientation', 'not', 'any' or 'all': {dict(cond)}")
     name = cond["field"]
     if name not in row:
         raise RuleError(f"unknown field {name!r} in selection rule; fields are the columns of series.tsv")
@@ -117,6 +145,46 @@ def check_rules(rules: list[Mapping[str, Any]], columns: list[str]) -> None:
             raise RuleError(f"select.rules[{i}] ({rule['reason']}): {exc}") from None
 
 
+UNEVEN_RULE = {"reason": "uneven_spacing", "reject_if": {"field": "slice_gaps_uneven", "equals": True}}
+
+
+def effective_rules(sel: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """select.rules with select.override applied and the geometry rules the config asks for.
+
+    The gantry_tilt / uneven_spacing rules, when ``reject``, go just after ``missing_slices`` (or
+    at the end), so a series that is also of the wrong modality, a localizer or missing a slice
+    keeps that reason."""
+    rules = [dict(r) for r in sel["rules"]]
+    names = [r["reason"] for r in rules]
+    for reason, cond in (sel.get("override") or {}).items():
+        if reason not in names:
+            raise RuleError(f"select.override names {reason!r}, which is not a rule in select.rules ({', '.join(names)})")
+    rules = [
+        {"reason": r["reason"], "reject_if": (sel.get("override") or {}).get(r["reason"], r["reject_if"])}
+        for r in rules
+    ]
+    rules = [r for r in rules if r["reject_if"] is not None]
+    extra = []
+    if sel.get("gantry_tilt", "correct") == "reject":
+        extra.append({"reason": "gantry_tilt", "reject_if": {"field": "gantry_tilt_deg", "min": float(sel.get("tilt_tolerance_deg", 0.5))}})
+    if sel.get("uneven_spacing", "correct") == "reject":
+        extra.append(dict(UNEVEN_RULE))
+    names = [r["reason"] for r in rules]
+    at = names.index("missing_slices") + 1 if "missing_slices" in names else len(rules)
+    return rules[:at] + extra + rules[at:]
+
+
+def geometry_correction(row: Mapping[str, Any], tilt_tol: float) -> str:
+    """What the converter has to correct for a series that passed: '', 'gantry_tilt', 'uneven_spacing' or both."""
+    parts = []
+    tilt = row.get("gantry_tilt_deg")
+    if not _is_missing(tilt) and float(tilt) >= tilt_tol:
+        parts.append("gantry_tilt")
+    if _eq(row.get("slice_gaps_uneven"), True):
+        parts.append("uneven_spacing")
+    return "+".join(parts)
+
+
 def first_reason(rules: list[Mapping[str, Any]], row: Mapping[str, Any]) -> str | None:
     for rule in rules:
         if evaluate(rule["reject_if"], row):
@@ -146,11 +214,13 @@ def select(
     tie_break: list[str],
     subjects_with_mask: set[str] | None = None,
     hook: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    tilt_tolerance_deg: float = 0.5,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (included: one row per subject, excluded: every rejected series with a reason)."""
     check_rules(rules, list(series.columns))
     df = series.copy()
     records = df.to_dict("records")
+    df["geometry_correction"] = [geometry_correction(r, tilt_tolerance_deg) if r.get("status") == "ok" else "" for r in records]
     df["reason"] = [first_reason(rules, r) for r in records]
     # how many rules a series fails: the subject-level summary names the candidate that came closest
     df["n_failed_rules"] = [sum(evaluate(rule["reject_if"], r) for rule in rules) for r in records]
@@ -198,6 +268,10 @@ def summarise(series: pd.DataFrame, included: pd.DataFrame, excluded: pd.DataFra
     for r, n in sorted(subj_counts.items(), key=lambda kv: (-kv[1], kv[0])):
         rows.append({"level": "subject", "reason": f"no_usable_series:{r}", "count": n, "subjects": n,
                      "description": f"subjects without a usable series (best candidate: {REASON_TEXT.get(r, r)})"})
+    flagged = included["geometry_correction"].fillna("") if "geometry_correction" in included else pd.Series([], dtype=str)
+    for corr, n in flagged[flagged != ""].value_counts().sort_index().items():
+        rows.append({"level": "flag", "reason": f"corrected:{corr}", "count": int(n), "subjects": int(n),
+                     "description": f"included series resampled onto a regular grid on conversion ({corr.replace('+', ' and ')})"})
     table = pd.DataFrame(rows, columns=["level", "reason", "count", "subjects", "description"])
     parts = [f"{r['count']} {REASON_TEXT.get(r['reason'], r['reason'])}" for r in rows if r["level"] == "series"]
     text = (
@@ -205,6 +279,8 @@ def summarise(series: pd.DataFrame, included: pd.DataFrame, excluded: pd.DataFra
         f"{len(inc)} subjects included, {len(lost)} without a usable series.\n"
         f"Rejected series: {', '.join(parts) if parts else 'none'}.\n"
     )
+    if (flagged != "").any():
+        text += f"Included series corrected on conversion: {int((flagged != '').sum())} (gantry tilt / uneven spacing).\n"
     if lost:
         text += "Subjects left out: " + ", ".join(f"{s} ({subj_reason[s]})" for s in lost) + ".\n"
     return table, text
@@ -231,8 +307,10 @@ def run(cfg: dict[str, Any], series_tsv: str | Path, subjects_tsv: str | Path, i
     subjects = read_tsv(subjects_tsv)
     with_mask = set(subjects.loc[subjects["has_mask"].astype(str).str.lower() == "true", "subject"])
     hook = load_hook(cfg["select"]["hook"])
-    included, excluded = select(series, cfg["select"]["rules"], cfg["select"]["tie_break"], with_mask, hook)
-    table, text = summarise(series, included, excluded, [r["reason"] for r in cfg["select"]["rules"]])
+    rules = effective_rules(cfg["select"])
+    included, excluded = select(series, rules, cfg["select"]["tie_break"], with_mask, hook,
+                                cfg["select"]["tilt_tolerance_deg"])
+    table, text = summarise(series, included, excluded, [r["reason"] for r in rules])
     if included.empty:
         write_tsv(excluded_tsv, excluded)
         write_text(summary_txt, text)

@@ -31,3 +31,21 @@ checkpoint select:
         "../envs/dicom.yaml"
     script:
         "../scripts/select.py"
+
+
+rule audit:
+    """The cohort selection audit alone: index and select, no conversion or training."""
+    input:
+        rules.select.output.excluded,
+        rules.select.output.summary,
+        rules.select.output.text,
+    log:
+        "logs/audit.log",
+    localrule: True
+    resources:
+        mem_mb=RES["light_mem_mb"],
+        runtime=5,
+    conda:
+        "../envs/dicom.yaml"
+    shell:
+        "cat {input[2]} | tee {log}"

@@ -30,7 +30,7 @@ def test_converted_targets_match_generator_world_space(tiny_cohort, indexed, too
     df, private, pseudo = indexed
     masks = {pseudo.subject(p.name.split("_lesion")[0]): p for p in (tiny_cohort / "masks").glob("*.nii.gz")}
     targets = df[(df["series_description"].str.contains(r"\+C$")) & (df["n_slices"] > 30) & (~df["postop"])
-                 & (~df["slice_gaps_uneven"])]
+                 & (df["missing_slices"] == 0)]
     planes = set()
     for _, row in targets.iterrows():
         img, meta = convert_series(private["series_files"][row["series"]], tool)

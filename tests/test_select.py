@@ -2,9 +2,10 @@ import pandas as pd
 import pytest
 
 from cohortseg.config import load
-from cohortseg.select import RuleError, evaluate, select, summarise
+from cohortseg.select import RuleError, effective_rules, evaluate, select, summarise
 
 ROW = {"modality": "MR", "series_description": "AX T1 +C", "n_slices": 120, "contrast": "True", "plane": "axial",
+       "obliquity_deg": 7.5,
        "image_type": "ORIGINAL\\PRIMARY", "postop": False, "slice_spacing": 1.0, "empty": None}
 
 
@@ -25,6 +26,8 @@ ROW = {"modality": "MR", "series_description": "AX T1 +C", "n_slices": 120, "con
         ({"any": [{"field": "modality", "equals": "CT"}, {"field": "plane", "equals": "axial"}]}, True),
         ({"all": [{"field": "modality", "equals": "CT"}, {"field": "plane", "equals": "axial"}]}, False),
         ({"field": "empty", "min": 1}, False),
+        ({"orientation": ["axial"], "within_deg": 10}, True),
+        ({"orientation": "sagittal"}, False),
     ],
 )
 def test_conditions(cond, expected):
@@ -42,7 +45,8 @@ def _series(rows):
     base = {"study": "stu-1", "status": "ok", "modality": "MR", "is_image": True, "image_type": "ORIGINAL\\PRIMARY",
             "sop_class": "mr", "postop": False, "series_description": "AX T1 +C", "contrast": True,
             "slice_gaps_uneven": False, "geometry_consistent": True, "n_slices": 120, "plane": "axial",
-            "slice_spacing": 1.0, "slice_thickness": 1.0, "study_order": 0, "series_number": 1}
+            "slice_spacing": 1.0, "slice_thickness": 1.0, "study_order": 0, "series_number": 1,
+            "decodable": True, "n_volumes": 1, "missing_slices": 0, "obliquity_deg": 0.0, "gantry_tilt_deg": 0.0}
     return pd.DataFrame([{**base, **r} for r in rows])
 
 
@@ -58,7 +62,7 @@ def test_selection_reasons_and_tie_break():
         {"subject": "sub-b", "series": "ser-6", "n_slices": 40},
         {"subject": "sub-c", "series": "ser-7", "series_description": "AX FLAIR", "contrast": False},
         {"subject": "sub-c", "series": "ser-8", "plane": "coronal"},
-        {"subject": "sub-c", "series": "ser-9", "slice_gaps_uneven": True},
+        {"subject": "sub-c", "series": "ser-9", "missing_slices": 1},
         {"subject": "sub-d", "series": "ser-10", "image_type": "DERIVED\\SECONDARY"},
         {"subject": "sub-d", "series": "ser-11", "slice_spacing": 0.8},  # thinner wins when slices tie
         {"subject": "sub-d", "series": "ser-12", "slice_spacing": 1.2},
@@ -144,3 +148,40 @@ def test_shipped_configs_validate():
 
     for path in ("config/config.yaml", "config/demo.yaml", "tests/config/tiny.yaml"):
         load(REPO_ROOT / path)
+
+
+def test_orientation_tolerance():
+    row = {**ROW, "obliquity_deg": 12.0}
+    assert evaluate({"orientation": ["axial"], "within_deg": 15}, row)
+    assert not evaluate({"orientation": ["axial"], "within_deg": 10}, row)
+    with pytest.raises(RuleError, match="orientation condition"):
+        evaluate({"orientation": ["oblique"]}, row)
+
+
+def test_override_and_geometry_modes():
+    cfg = load(None)
+    sel = dict(cfg["select"])
+    df = _series([
+        {"subject": "sub-a", "series": "ser-1", "gantry_tilt_deg": 18.5, "slice_gaps_uneven": True, "n_slices": 28},
+        {"subject": "sub-b", "series": "ser-2", "slice_gaps_uneven": True},
+        {"subject": "sub-c", "series": "ser-3", "missing_slices": 2},
+    ])
+    # default: too few slices for sub-a; tilt and uneven spacing are corrected, not rejected
+    inc, exc = select(df, effective_rules(sel), sel["tie_break"])
+    assert dict(zip(exc["series"], exc["reason"])) == {"ser-1": "too_few_slices", "ser-3": "missing_slices"}
+    assert inc.set_index("series")["geometry_correction"].to_dict() == {"ser-2": "uneven_spacing"}
+    sel["override"] = {"too_few_slices": {"field": "n_slices", "max": 20}}
+    inc, exc = select(df, effective_rules(sel), sel["tie_break"])
+    assert inc.set_index("series")["geometry_correction"].to_dict() == {"ser-1": "gantry_tilt+uneven_spacing",
+                                                                        "ser-2": "uneven_spacing"}
+    table, text = summarise(df, inc, exc)
+    assert "corrected:gantry_tilt+uneven_spacing" in set(table["reason"]) and "corrected on conversion: 2" in text
+    sel.update(gantry_tilt="reject", uneven_spacing="reject")
+    inc, exc = select(df, effective_rules(sel), sel["tie_break"])
+    assert inc.empty
+    assert dict(zip(exc["series"], exc["reason"])) == {"ser-1": "gantry_tilt", "ser-2": "uneven_spacing",
+                                                        "ser-3": "missing_slices"}
+    with pytest.raises(RuleError, match="not a rule"):
+        effective_rules({**sel, "override": {"nonsense": None}})
+    sel["override"] = {"too_few_slices": None}
+    assert "too_few_slices" not in [r["reason"] for r in effective_rules(sel)]
