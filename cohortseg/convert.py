@@ -8,6 +8,7 @@ blanked; the sidecar holds a whitelist of acquisition parameters, never identifi
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -61,7 +62,7 @@ def _dicom2nifti(links: list[Path], out: Path) -> Path:
     import dicom2nifti.convert_dicom as cd
 
     datasets = [pydicom.dcmread(str(p)) for p in links]
-    target = out / "image.nii.gz"
+    target = out / "image.nii"  # uncompressed: it is read back once and compressed only on the final save
     cd.dicom_array_to_nifti(datasets, str(target), reorient_nifti=False)
     return target
 
@@ -81,15 +82,15 @@ def _dcm2niix(links: list[Path], out: Path) -> Path:
     exe = dcm2niix_exe()
     if exe is None:
         raise ConversionError("dcm2niix is not installed (pip install dcm2niix)")
-    cmd = [exe, "-z", "y", "-b", "n", "-ba", "y", "-f", "image", "-o", str(out), str(links[0].parent)]
+    cmd = [exe, "-z", "n", "-b", "n", "-ba", "y", "-f", "image", "-o", str(out), str(links[0].parent)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ConversionError(f"dcm2niix failed with exit code {proc.returncode}")
-    produced = sorted(out.glob("image*.nii.gz"))
+    produced = sorted(out.glob("image*.nii"))
     # beside the raw stack, dcm2niix writes a tilt-corrected (_Tilt) and/or equidistant (_Eq) copy where
     # the raw one is sheared or unevenly spaced (names like image_Tilt_Eq_1.nii.gz): prefer those
     for pattern in (r"_Tilt_Eq(_\d+)?$", r"_Tilt(_\d+)?$", r"_Eq(_\d+)?$", r"^image$"):
-        cand = [p for p in produced if re.search(pattern, p.name[: -len(".nii.gz")])]
+        cand = [p for p in produced if re.search(pattern, p.name[: -len(".nii")])]
         if cand:
             return cand[0]
     if produced:
@@ -113,9 +114,9 @@ def convert_series(files: list[str], tool: str, correction: str = "", allow_4d: 
     """Convert the files of one series; return the NIfTI image (in memory) and the sidecar.
 
     ``correction`` ('gantry_tilt', 'uneven_spacing' or both joined by '+', from selection) asks
-    for resampling onto a regular grid, which dcm2niix does (its _Tilt/_Eq outputs); with tool
-    ``auto`` such series go to dcm2niix and the rest to dicom2nifti, falling back to dcm2niix
-    where dicom2nifti fails. A 4D result is an error unless ``allow_4d``."""
+    for resampling onto a regular grid, which dcm2niix does (its _Tilt/_Eq outputs). Tool ``auto``
+    converts with dcm2niix and, where dcm2niix fails on a series that needs no correction, with
+    dicom2nifti. A 4D result is an error unless ``allow_4d``."""
     if not files:
         raise ConversionError("series has no files")
     fallback = None
@@ -124,20 +125,23 @@ def convert_series(files: list[str], tool: str, correction: str = "", allow_4d: 
         links = _link_anonymously(files, tmp)
         used = tool
         if tool == "auto":
-            used = "dcm2niix" if correction else "dicom2nifti"
+            used = "dcm2niix" if dcm2niix_exe() else "dicom2nifti"
         if correction and used != "dcm2niix":
             raise ConversionError(f"series needs {correction} correction, which only dcm2niix does (convert.tool: auto or dcm2niix)")
         try:
             nii_path = _convert_with(used, links, tmp)
         except ConversionError as exc:
-            if tool != "auto" or used == "dcm2niix":
+            if tool != "auto" or used == "dicom2nifti" or correction:
                 raise
             fallback = str(exc)
-            log.warning("%s; converting with dcm2niix instead", exc)
-            used = "dcm2niix"
+            log.warning("%s; converting with dicom2nifti instead", exc)
+            used = "dicom2nifti"
             nii_path = _convert_with(used, links, tmp)
-        img = nib.load(str(nii_path))
-        data = np.asanyarray(img.dataobj)
+        img = nib.load(str(nii_path), mmap=False)
+        # the stored values and the converter's scaling (Philips precise values, dcm2niix's
+        # slope/intercept): kept as they are, not materialised as floats
+        data = np.asanyarray(img.dataobj.get_unscaled())
+        slope, inter = img.dataobj.slope, img.dataobj.inter
         first = pydicom.dcmread(str(links[0]), stop_before_pixels=True)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -150,6 +154,8 @@ def convert_series(files: list[str], tool: str, correction: str = "", allow_4d: 
     if shear > 0.01:
         raise ConversionError(f"the converted grid is sheared by {shear:.2f} degrees (gantry tilt left uncorrected)")
     out_img = nib.Nifti1Image(data, img.affine)
+    if (slope, inter) != (1.0, 0.0):
+        out_img.header.set_slope_inter(slope, inter)
     out_img.set_qform(img.affine, code=1)
     out_img.set_sform(img.affine, code=1)
     out_img.header.set_xyzt_units("mm", "sec")
@@ -164,16 +170,18 @@ def convert_series(files: list[str], tool: str, correction: str = "", allow_4d: 
         n_files=len(files),
     )
     if fallback:
-        meta["converter_fallback_from"] = "dicom2nifti"
+        meta["converter_fallback_from"] = "dcm2niix"
     if correction and not re.search(r"_(Tilt|Eq)", nii_path.name):
         log.warning("series flagged for %s correction, but dcm2niix found nothing to correct", correction)
-    return out_img, meta
+    # through bytes once, so the in-memory image reads (dataobj) like the saved file: scaled
+    return nib.Nifti1Image.from_bytes(out_img.to_bytes()), meta
 
 
 def _strip_paths(msg: str, tmp: Path) -> str:
     return msg.replace(str(tmp), "<tmp>")
 
 
+@functools.lru_cache(maxsize=None)
 def _tool_version(tool: str) -> str:
     if tool == "dicom2nifti":
         import importlib.metadata as md

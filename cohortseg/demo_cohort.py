@@ -193,6 +193,7 @@ def _write_series(
     series_number: int,
     seed: int,
     rng: np.random.Generator,
+    file_prefix: str = "IM",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     row, col, normal, origin = series_grid(spec, phantom.centre)
     pts = _voxel_points(row, col, normal, origin, spec)
@@ -259,7 +260,7 @@ def _write_series(
         ds_.RescaleIntercept = f"{spec.intercept:g}"
         ds_.RescaleType = "US"
         ds_.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
-        ds_.save_as(out_dir / f"IM{k + 1:05d}.dcm", enforce_file_format=True)
+        ds_.save_as(out_dir / f"{file_prefix}{k + 1:05d}.dcm", enforce_file_format=True)
     mask = None
     if spec.target:
         mask = phantom.lesion_mask(pts).reshape(cols, rows, spec.n_slices)
@@ -297,6 +298,11 @@ def generate(out: str | Path, n_subjects: int = 16, seed: int = 7, phi_marker: s
     mask_root.mkdir(parents=True)
     master = np.random.default_rng(seed)
     mk = phi_marker
+
+    def m(field: str) -> str:
+        """A marker unique to one identifying field (empty without phi_marker), so a leak names its source."""
+        return f"{mk}{field}" if mk else ""
+
     matrix = (64, 64) if size == "demo" else (48, 48)
     n_target = 44 if size == "demo" else 36
     summary: dict[str, object] = {"subjects": n_subjects, "seed": seed, "series": 0, "files": 0}
@@ -305,26 +311,27 @@ def generate(out: str | Path, n_subjects: int = 16, seed: int = 7, phi_marker: s
         rng = np.random.default_rng(master.integers(2**63))
         phantom = Phantom.random(rng)
         first, last = FIRST_NAMES[s % len(FIRST_NAMES)], LAST_NAMES[(3 * s) % len(LAST_NAMES)]
-        pid = f"PID{mk}{100000 + int(rng.integers(0, 899999))}"
+        pid = f"PID{m('ID')}{100000 + int(rng.integers(0, 899999))}"
         patient = {
-            "PatientName": f"{last}{mk}^{first}",
+            "PatientName": f"{last}{m('NAME')}^{first}",
             "PatientID": pid,
-            "PatientBirthDate": f"19{40 + s % 50:02d}0{1 + s % 9}1{s % 9}",
+            # with a marker: 1931-MM-DD, a date no other field of the cohort or its outputs has
+            "PatientBirthDate": f"1931{1 + s % 9:02d}{10 + s:02d}" if mk else f"19{40 + s % 50:02d}0{1 + s % 9}1{s % 9}",
             "PatientSex": "F" if s % 2 else "M",
-            "InstitutionName": f"St Demo{mk} General Hospital",
-            "ReferringPhysicianName": f"REFERRER{mk}^DOC",
+            "InstitutionName": f"St Demo{m('INST')} General Hospital",
+            "ReferringPhysicianName": f"REFERRER{m('REF')}^DOC",
         }
         base_date = dt.date(2019, 1, 1) + dt.timedelta(days=int(rng.integers(0, 900)))
         studies = [("MRI BRAIN PRE-OP", base_date)]
         if plan["postop_study"]:
             studies.append(("MRI BRAIN POSTOP", base_date + dt.timedelta(days=190)))
-        subj_dir = dicom_root / f"{last}{mk}_{first}_{pid}"
+        subj_dir = dicom_root / f"{last}{m('DIR')}_{first}_{pid}"
         for st_i, (st_desc, st_date) in enumerate(studies):
-            accession = f"ACC{mk}{int(rng.integers(10**6, 10**7))}"
+            accession = f"ACC{m('ACC')}{int(rng.integers(10**6, 10**7))}"
             study = {
                 "StudyDate": st_date.strftime("%Y%m%d"),
                 "StudyTime": "101500",
-                "StudyDescription": f"{st_desc} {mk}".strip(),
+                "StudyDescription": f"{st_desc} {m('DESC')}".strip(),
                 "AccessionNumber": accession,
                 "StudyInstanceUID": _uid(seed, pid, st_i),
                 "StudyID": f"{st_i + 1}",
@@ -353,7 +360,7 @@ def generate(out: str | Path, n_subjects: int = 16, seed: int = 7, phi_marker: s
             for n, spec in enumerate(specs, start=1):
                 number = 100 * (st_i + 1) + n
                 sdir = study_dir / f"{number:03d}_{spec.description.replace(' ', '_').replace('+', 'plus')}"
-                affine, mask = _write_series(sdir, spec, phantom, patient, study, number, seed, rng)
+                affine, mask = _write_series(sdir, spec, phantom, patient, study, number, seed, rng, f"{m('FILE')}IM")
                 summary["series"] = int(summary["series"]) + 1  # type: ignore[call-overload]
                 if mask is not None:
                     img = nib.Nifti1Image(mask.astype(np.uint8), affine)

@@ -146,6 +146,35 @@ def _pixel_data_state(fh: Any, size: int, explicit_vr: bool, little: bool) -> st
 
 
 def read_header(path: str) -> FileHeader:
+    """The header tags of one file, by the fast scanner where it can (see dicomscan), else pydicom."""
+    from .dicomscan import Fallback, scan
+
+    try:
+        status, tags = scan(path)
+    except Fallback as exc:
+        if str(exc) == "no Part-10 preamble" and not _starts_like_dataset(path):
+            return FileHeader(path, _not_dicom_or_corrupt(path), {})
+        return read_header_pydicom(path)
+    except Exception:
+        return read_header_pydicom(path)
+    if status == "dicomdir" or os.path.basename(path).upper() == "DICOMDIR":
+        return FileHeader(path, "dicomdir", {})
+    if status == "ok" and "SeriesInstanceUID" not in tags:
+        return FileHeader(path, "unreadable", {})
+    return FileHeader(path, status, tags)
+
+
+def _starts_like_dataset(path: str) -> bool:
+    """A file without the Part-10 preamble may still be a raw DICOM stream starting at group 0002/0008."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+
+
+def read_header_pydicom(path: str) -> FileHeader:
     """Read the header tags of one file; classify non-DICOM, DICOMDIR, corrupt and truncated files.
 
     Reads up to the pixel data and no further, then checks the pixel data element's length
@@ -181,7 +210,7 @@ def read_header(path: str) -> FileHeader:
     try:
         for name in HEADER_TAGS:
             v = _value(ds, name)
-            if v is None or name.endswith("FunctionalGroupsSequence"):
+            if v is None or v == "" or name.endswith("FunctionalGroupsSequence"):
                 continue
             if name in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
                 v = [float(x) for x in v]
@@ -262,7 +291,7 @@ def read_headers(files: list[str], workers: int = 1) -> list[FileHeader]:
     if workers <= 1 or len(files) < 200:
         return [read_header(f) for f in tqdm(files, desc="headers", unit="file", mininterval=2)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(read_header, files, chunksize=64), total=len(files), desc="headers", unit="file", mininterval=2))
+        return list(tqdm(pool.map(read_header, files, chunksize=max(64, len(files) // (8 * workers))), total=len(files), desc="headers", unit="file", mininterval=2))
 
 
 def _plane(normal: np.ndarray) -> tuple[str, float]:

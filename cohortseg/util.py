@@ -144,9 +144,18 @@ def scrub_nifti_header(img: Any) -> Any:
 
 
 def save_nifti(img: Any, path: str | os.PathLike[str]) -> None:
-    """Save a nibabel image atomically, free-text header fields blanked."""
+    """Save a nibabel image atomically, free-text header fields blanked.
+
+    An image read from a file with a scale (scl_slope/scl_inter) is written with its stored values
+    and the same scale: nibabel would otherwise read the scaled floats and fit a new, lossy scale."""
     import nibabel as nib
 
+    proxy = img.dataobj
+    if nib.is_proxy(proxy) and hasattr(proxy, "get_unscaled") and (proxy.slope, proxy.inter) != (1.0, 0.0):
+        stored = np.asanyarray(proxy.get_unscaled())
+        img = nib.Nifti1Image(stored, img.affine, img.header)
+        img.header.set_data_dtype(stored.dtype)
+        img.header.set_slope_inter(proxy.slope, proxy.inter)
     scrub_nifti_header(img)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))

@@ -36,9 +36,9 @@ checkpoint select:
 rule audit:
     """The cohort selection audit alone: index and select, no conversion or training."""
     input:
-        rules.select.output.excluded,
-        rules.select.output.summary,
-        rules.select.output.text,
+        excluded=rules.select.output.excluded,
+        summary=rules.select.output.summary,
+        text=rules.select.output.text,
     log:
         "logs/audit.log",
     localrule: True
@@ -48,4 +48,4 @@ rule audit:
     conda:
         "../envs/dicom.yaml"
     shell:
-        "cat {input[2]} | tee {log}"
+        "cat {input.text} | tee {log}"

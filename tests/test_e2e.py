@@ -133,22 +133,83 @@ def test_audit_lists_bad_inputs(workflow: Path) -> None:
     assert inc["subject"].is_unique and len(inc) == 6
 
 
+PHI_FIELDS = ("NAME", "ID", "ACC", "INST", "REF", "DESC", "DIR", "FILE")
+
+
+def phi_canaries(cohort: Path) -> dict[str, str]:
+    """Marker string -> the field it came from: one marker per identifying field (PatientName,
+    PatientID, AccessionNumber, InstitutionName, ReferringPhysicianName, StudyDescription, folder
+    and file names), and every patient's birth date and study date in both spellings."""
+    import pydicom
+
+    canaries = {f"{MARKER}{f}": f for f in PHI_FIELDS}
+    for f in sorted((cohort / "dicom").rglob("*.dcm")):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - the cohort's deliberately unreadable file
+            continue
+        for field in ("PatientBirthDate", "StudyDate"):
+            d = str(ds.get(field, ""))
+            if len(d) == 8:
+                canaries[d] = field
+                canaries[f"{d[:4]}-{d[4:6]}-{d[6:]}"] = field
+    return canaries
+
+
+def slurm_submissions(wd: Path) -> list[str]:
+    """The job name, comment and log path the slurm executor plugin would give every job of the
+    workflow, from a dry run with the slurm profile (the plugin's own wildcard formatting)."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.utils import get_job_wildcards
+
+    rules = ["convert", "convert_mask", "preprocess", "train", "ensemble", "infer_fold", "infer_ensemble",
+             "infer_external", "metrics", "selection_chart", "dice_chart", "overlay", "provenance", "all"]
+    proc = smk(wd, "--profile", "profiles/slurm", "-n", "--forcerun", "convert", "--allowed-rules", *rules)
+    out = proc.stdout + proc.stderr
+    subs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if not m:
+            continue
+        wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        values = [kv.split("=", 1)[1] for kv in wc.group(1).split(", ")] if wc else []
+        wildcard_str = get_job_wildcards(SimpleNamespace(wildcards=values))
+        comment = f"rule_{m.group(1)}_wildcards_{wildcard_str}" if wildcard_str else f"rule_{m.group(1)}"
+        log = f".snakemake/slurm_logs/rule_{m.group(1)}/{wildcard_str}/%j.log"
+        subs += [comment, log]
+    assert len(subs) > 20, out[-3000:]
+    return [*subs, out]
+
+
 def test_no_identifier_anywhere(workflow: Path, tiny_cohort: Path) -> None:
-    """Every PHI field of the cohort carries MARKER; none may reach results/, logs/ or .snakemake/."""
+    """Privacy canary: no marker of any identifying field and no birth or study date reaches a file
+    name or file content under results/ (the HTML report included), logs/ or .snakemake/ (metadata,
+    logs, scripts), nor a SLURM job name, comment or log path of the slurm profile."""
+    canaries = phi_canaries(tiny_cohort)
+    assert len(canaries) > len(PHI_FIELDS) + 8
+    # the cohort really carries every marker
+    names = "\n".join(str(p) for p in (tiny_cohort / "dicom").rglob("*"))
+    assert f"{MARKER}DIR" in names and f"{MARKER}FILE" in names
     hits = []
+    needles = [(c.encode(), field) for c, field in canaries.items()]
     for top in ("results", "logs", ".snakemake"):
         for p in (workflow / top).rglob("*"):
-            if MARKER in str(p.relative_to(workflow)):
-                hits.append(f"path {p}")
-            if p.is_file() and MARKER.encode() in p.read_bytes():
-                hits.append(f"content {p}")
+            rel = str(p.relative_to(workflow))
+            hits += [f"{field} in path {rel}" for c, field in canaries.items() if c in rel]
+            if p.is_file():
+                data = p.read_bytes()
+                hits += [f"{field} in {rel}" for c, field in needles if c in data]
+    for text in slurm_submissions(workflow):
+        hits += [f"{field} in a SLURM submission: {text[:120]}" for c, field in canaries.items() if c in text]
     assert not hits, hits[:10]
     report = (workflow / "results" / "report.html").read_bytes()
     assert len(report) > 100_000 and b"sub-" in report
     # the private area exists, outside results/, readable only by its owner
     priv = workflow / "private"
-    assert (priv / "key").stat().st_mode & 0o077 == 0
-    assert MARKER in (priv / "id_map.tsv").read_text()
+    for f in priv.iterdir():
+        assert f.stat().st_mode & 0o077 == 0, f"{f} is readable by others"
+    assert f"{MARKER}ID" in (priv / "id_map.tsv").read_text()
 
 
 def test_rerun_has_nothing_to_do_and_package_edit_reruns_its_stages(workflow: Path) -> None:

@@ -295,3 +295,22 @@ def test_bad_inputs_each_get_a_reason(tmp_path):
     assert inc["series"].tolist() == [main["series"]]
     img, _ = convert_series(private["series_files"][main["series"]], "auto")
     assert img.shape[2] == 28
+
+
+def test_fast_header_scan_equals_pydicom(tiny_cohort):
+    """The index's own scanner and the pydicom reader give the same tags and status on every file
+    of the shared corpus and of the synthetic cohort (where the scanner declines, pydicom reads)."""
+    from cohortseg.dicomscan import Fallback, scan
+    from cohortseg.index import list_files, read_header_pydicom
+
+    files = list_files(need_shared("dicom")) + list_files(tiny_cohort / "dicom")
+    fast = 0
+    for f in files:
+        a, b = read_header(f), read_header_pydicom(f)
+        assert (a.status, a.tags) == (b.status, b.tags), f
+        try:
+            scan(f)
+            fast += 1
+        except Fallback:
+            pass
+    assert fast > 0.8 * sum(1 for f in files if read_header(f).status == "ok")

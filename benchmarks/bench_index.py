@@ -1,0 +1,95 @@
+"""Index speed: headers/s of cohortseg's header scan against a full pydicom.dcmread of every file.
+
+Builds a tree of >= 10,000 files by replicating the shared corpus of real DICOM (symbolic links,
+so the bytes read are the corpus' own; the page cache is warmed for both sides first), then times
+on the same files, in the same run:
+
+- baseline: ``pydicom.dcmread(f)`` of every file, one process (what a naive indexer does);
+- cohortseg's ``read_header`` in one process, and ``read_headers`` with the configured workers.
+
+Prints key=value lines; the headline ratio (configured workers against the baseline) comes last.
+Usage: .venv/bin/python benchmarks/bench_index.py [--files 10000] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cohortseg.index import list_files, read_header, read_headers  # noqa: E402
+
+
+def build_tree(src: Path, dst: Path, n_files: int) -> list[str]:
+    corpus = [f for f in list_files(src) if not f.endswith((".nii", ".nii.gz", ".json", ".jsonl", ".md", ".txt", ".log"))]
+    out: list[str] = []
+    copy = 0
+    while len(out) < n_files:
+        for f in corpus:
+            link = dst / f"copy{copy:03d}" / os.path.relpath(f, src)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(f)
+            out.append(str(link))
+        copy += 1
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=10000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--src", default=str(REPO.parent / "shared" / "data" / "dicom"))
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    import pydicom
+
+    src = Path(args.src)
+    if not src.is_dir():
+        sys.exit(f"shared corpus {src} not found (see ../shared/README.md)")
+    with tempfile.TemporaryDirectory(prefix="bench-index-") as t:
+        files = build_tree(src, Path(t), args.files)
+        for f in {os.path.realpath(f) for f in files}:
+            Path(f).read_bytes()  # warm the page cache: the tree is links to the same corpus files
+
+        t0 = time.perf_counter()
+        ok = 0
+        for f in files:
+            try:
+                pydicom.dcmread(f)
+                ok += 1
+            except Exception:  # noqa: BLE001 - non-DICOM files fail here, as in a naive indexer
+                pass
+        baseline = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        heads = [read_header(f) for f in files]
+        single = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        heads_par = read_headers(files, args.workers)
+        par = time.perf_counter() - t0
+        assert [h.tags for h in heads] == [h.tags for h in heads_par]
+
+    n = len(files)
+    print(f"files={n}")
+    print(f"dicom_files={ok}")
+    print(f"cohortseg_ok_headers={sum(h.status == 'ok' for h in heads)}")
+    print(f"baseline_full_dcmread_s={baseline:.3f}")
+    print(f"baseline_headers_per_s={n / baseline:.1f}")
+    print(f"cohortseg_1_process_s={single:.3f}")
+    print(f"cohortseg_1_process_headers_per_s={n / single:.1f}")
+    print(f"ratio_1_process={baseline / single:.2f}")
+    print(f"cohortseg_{args.workers}_workers_s={par:.3f}")
+    print(f"cohortseg_{args.workers}_workers_headers_per_s={n / par:.1f}")
+    print(f"ratio={baseline / par:.2f}")
+
+
+if __name__ == "__main__":
+    main()
