@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
-    root = REPO.parent / "shared" / "data" / "dicom"
+    root = Path(os.environ.get("COHORTSEG_SHARED_DATA", REPO.parent / "shared" / "data")) / "dicom"
     if not root.is_dir():
         sys.exit(f"shared corpus {root} not found (see ../shared/README.md)")
     cfg = load(REPO / "config" / "shared_corpus.yaml")

@@ -45,7 +45,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=10000)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--src", default=str(REPO.parent / "shared" / "data" / "dicom"))
+    ap.add_argument("--src", default=os.path.join(os.environ.get("COHORTSEG_SHARED_DATA", REPO.parent / "shared" / "data"), "dicom"))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import pydicom

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+# the shared corpus sits beside the checkout (../shared/data); COHORTSEG_SHARED_DATA points elsewhere
+SHARED = Path(os.environ.get("COHORTSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def need_shared(sub: str = "") -> Path:
