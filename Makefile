@@ -11,7 +11,7 @@ DEMO_CONFIG := config/demo.yaml
 DEMO_DATA := data/demo
 CORES ?= 2
 
-.PHONY: install demo demo-data test lint plan clean clean-demo help
+.PHONY: install demo demo-data test lint plan locks clean clean-demo help
 
 help:
 	@echo "make demo   - generate the synthetic DICOM cohort and run the whole workflow on CPU"
@@ -49,8 +49,20 @@ demo: $(STAMP) $(DEMO_DATA)/cohort.json
 	echo ""; cat results/cohort/summary.txt; echo ""; \
 	$(BIN)/python -m cohortseg.show results/metrics/summary.tsv
 
+# the plan of the demo: header index, selection and split run (seconds), then a dry run prints the
+# jobs per rule with their resources; the rule graph and DAG go to results/plan/ (graphviz).
+# PROFILE=profiles/slurm shows the resources and partitions a cluster run would request.
+PROFILE ?= profiles/local
 plan: $(STAMP) $(DEMO_DATA)/cohort.json
-	$(SNAKEMAKE) --configfile $(DEMO_CONFIG) --dry-run --quiet rules
+	$(BIN)/cohortseg plan --graphs results/plan -- --profile $(PROFILE) --configfile $(DEMO_CONFIG)
+
+# lock files of the whole stack for x86-64 (A100 nodes; manylinux_2_34 because pylibjpeg-libjpeg's
+# x86-64 wheels need glibc >= 2.31) and aarch64 (Grace-Hopper; wheels only, checked by tests/test_envs.py)
+locks: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_34 \
+	  --index-url https://pypi.org/simple --custom-compile-command "make locks" -q -o envs/locks/linux-64.txt
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform aarch64-manylinux_2_28 \
+	  --index-url https://pypi.org/simple --custom-compile-command "make locks" -q -o envs/locks/linux-aarch64.txt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

@@ -118,6 +118,16 @@ def cmd_code_hash(a: argparse.Namespace) -> None:
         print(f"{stage}\t{stage_hash(stage)}\t{','.join(closure(stage))}")
 
 
+def cmd_plan(a: argparse.Namespace) -> None:
+    from .plan import run
+
+    args = a.snakemake_args[1:] if a.snakemake_args[:1] == ["--"] else a.snakemake_args
+    table = run(args, a.graphs)
+    print(table.to_string(index=False))
+    if a.graphs:
+        print(f"rule graph and job DAG: {a.graphs}/rulegraph.svg, {a.graphs}/dag.svg")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cohortseg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"cohortseg {__version__}")
@@ -197,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("out")
     sp.add_argument("--reference")
     sp.add_argument("--title", default="")
+
+    sp = add("plan", cmd_plan, "jobs per rule with resources (dry run) and the rule graph / DAG", config=False)
+    sp.add_argument("--graphs", help="folder for rulegraph.svg and dag.svg (graphviz)")
+    sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="arguments for snakemake, e.g. --profile profiles/slurm")
 
     sp = add("code-hash", cmd_code_hash, "hash of the package code each stage runs (rule params)", config=False)
     sp.add_argument("stages", nargs="+")

@@ -274,6 +274,78 @@ def test_second_run_is_bitwise_identical(workflow: Path, tmp_path_factory: pytes
     assert any("model.pt" in k for k in a) and len(a) - len(differ) > 40
 
 
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory):
+    """A single-node SLURM cluster (slurmctld + slurmd + munged, two fake GPUs), for this module."""
+    from . import slurm_cluster
+
+    why = slurm_cluster.available()
+    if why:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"SLURM cannot be started under CI: {why}")
+        pytest.skip(f"SLURM cannot be started here: {why}")
+    d = tmp_path_factory.mktemp("slurm")
+    env = slurm_cluster.start(d)
+    yield env
+    slurm_cluster.stop(d)
+
+
+def test_slurm_run_matches_local_run(workflow: Path, slurm: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+                                     tiny_cohort: Path) -> None:
+    """The tiny workflow through `--profile profiles/slurm` on a real SLURM: every job goes through sbatch
+    with the resources its rule declares (GPU for training and inference), and the results equal the
+    local run's (same key, same thread counts) except wall-clock timings."""
+    from .slurm_cluster import job_info
+
+    wd = copy_workflow(tmp_path_factory.mktemp("wf_slurm"))
+    (wd / "data").mkdir()
+    (wd / "data" / "tiny").symlink_to(tiny_cohort)
+    (wd / "data" / "external").mkdir()
+    os.link(workflow / "data" / "external" / "case01.nii.gz", wd / "data" / "external" / "case01.nii.gz")
+    (wd / "private").mkdir(mode=0o700)
+    (wd / "private" / "key").write_bytes((workflow / "private" / "key").read_bytes())
+    os.chmod(wd / "private" / "key", 0o600)
+    env = {**os.environ, **slurm, "PYTHONPATH": str(wd), "PYTHONDONTWRITEBYTECODE": "1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # site values of the profile overridden for the test cluster: no account, a short first status check
+    proc = subprocess.run([*SNAKEMAKE, "--profile", "profiles/slurm", "--configfile", "tests/config/tiny.yaml",
+                           "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
+                           "--seconds-between-status-checks", "2", "--jobs", "4",
+                           # a group job asks for the sum of its parallel members: 2 subjects fit the 2-CPU node
+                           "--group-components", "prep=2"],
+                          cwd=wd, env=env, capture_output=True, text=True, timeout=1500)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    submitted = re.findall(r"Job (\S+) has been submitted with SLURM jobid (\d+)", out)
+    rules_of = {jid: rule for rule, jid in re.findall(r"\nrule (\w+):\n(?:.*\n)*?\s+jobid: (\d+)", out)}
+    seen: dict[str, int] = {}
+    for job, slurm_id in submitted:
+        # a group job (the profile groups convert, convert_mask and preprocess of 20 subjects) has a uuid
+        rule = rules_of.get(job, "group:prep")
+        info = job_info(slurm_id, slurm)
+        assert info.get("JobState") == "COMPLETED", (rule, info)
+        seen[rule] = seen.get(rule, 0) + 1
+        gpu = "gpu" in info.get("TresPerJob", "")
+        if rule in ("train", "infer_fold", "infer_ensemble", "infer_external"):
+            assert gpu and info.get("Partition") == "gpu", (rule, info)
+        else:
+            assert not gpu and info.get("Partition") == "cpu", (rule, info)
+        if rule == "train":
+            assert info.get("MinMemoryNode") == "4000M", info  # tests/config/tiny.yaml resources.train_mem_mb
+    assert {"index", "select", "split", "group:prep", "train", "infer_fold", "metrics"} <= set(seen), seen
+    # fewer, fuller jobs: the ~20 per-subject light jobs (convert, convert_mask, preprocess of 8
+    # subjects) went in grouped submissions of 2 subjects each
+    n_light = sum(len(re.findall(rf"\n\s*rule {r}:", out)) for r in ("convert", "convert_mask", "preprocess"))
+    assert n_light >= 15 and 1 <= seen["group:prep"] <= n_light // 2, (n_light, seen)
+    print("SLURM submissions per rule:", seen)
+    a = json.loads((workflow / "results" / "provenance.json").read_text())["outputs"]
+    b = json.loads((wd / "results" / "provenance.json").read_text())["outputs"]
+    common = a.keys() & b.keys()
+    assert len(common) > 40 and a.keys() == b.keys(), sorted(a.keys() ^ b.keys())[:10]
+    differ = sorted(k for k in common if a[k] != b[k])
+    assert [k for k in differ if not TIMING_OUTPUTS.search(k)] == []
+
+
 def test_lint_is_clean() -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run([*SNAKEMAKE, "--lint", "--configfile", "config/demo.yaml"], cwd=REPO, env=env, capture_output=True,

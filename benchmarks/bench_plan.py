@@ -1,0 +1,137 @@
+"""Planning speed: the dry run of cohortseg's workflow on a synthetic 10,000-subject cohort, against
+a naive Snakefile with one job per subject per step (5 steps), measured in the same run.
+
+The cohort is given as an index table (results/cohort/series.tsv and the private maps, one
+usable series and a mask per subject, written here), selection and split run through the
+package, then ``snakemake --dry-run`` plans every remaining job (convert, convert_mask,
+preprocess, training, inference, metrics, report). Prints key=value lines, the headline ratio
+(naive dry-run time / cohortseg dry-run time; target >= 5 with cohortseg <= 10 s) last.
+Usage: .venv/bin/python benchmarks/bench_plan.py [--subjects 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+NAIVE = '''
+SUBJECTS = [f"sub-{{i:06d}}" for i in range({n})]
+rule all:
+    input: expand("out/{{s}}/e.txt", s=SUBJECTS)
+rule a:
+    output: "out/{{s}}/a.txt"
+    shell: "touch {{output}}"
+rule b:
+    input: "out/{{s}}/a.txt"
+    output: "out/{{s}}/b.txt"
+    shell: "touch {{output}}"
+rule c:
+    input: "out/{{s}}/b.txt"
+    output: "out/{{s}}/c.txt"
+    shell: "touch {{output}}"
+rule d:
+    input: "out/{{s}}/c.txt"
+    output: "out/{{s}}/d.txt"
+    shell: "touch {{output}}"
+rule e:
+    input: "out/{{s}}/d.txt"
+    output: "out/{{s}}/e.txt"
+    shell: "touch {{output}}"
+'''
+
+
+def dry_run(wd: Path, *args: str) -> tuple[float, int]:
+    env = {**os.environ, "PYTHONPATH": str(wd), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--dry-run", "--quiet", "rules", "--cores", "1", *args],
+                          cwd=wd, env=env, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"dry run failed in {wd}:\n{proc.stderr[-3000:]}")
+    total = re.search(r"^total\s+(\d+)", proc.stdout + proc.stderr, re.M)
+    return dt, int(total.group(1)) if total else 0
+
+
+def make_cohort(wd: Path, n: int) -> None:
+    import pandas as pd
+
+    from cohortseg.config import load
+    from cohortseg.index import SERIES_COLUMNS
+    from cohortseg.select import run as select_run
+    from cohortseg.split import run as split_run
+    from cohortseg.util import write_json, write_tsv
+
+    (wd / "data" / "dicom").mkdir(parents=True)
+    subjects = [f"sub-{i:010x}" for i in range(n)]
+    rows = []
+    for i, s in enumerate(subjects):
+        rows.append({c: None for c in SERIES_COLUMNS} | {
+            "subject": s, "study": f"stu-{i:010x}", "series": f"ser-{i:010x}", "status": "ok", "series_number": 3,
+            "modality": "MR", "sop_class": "mr", "is_image": True, "series_description": "AX T1 MPRAGE +C",
+            "image_type": "ORIGINAL\\PRIMARY", "contrast": True, "postop": False, "study_order": 0, "n_files": 176,
+            "n_slices": 176, "n_volumes": 1, "n_frames": 1, "duplicates": 0, "rows": 256, "cols": 256,
+            "slice_spacing": 1.0, "slice_thickness": 1.0, "plane": "axial", "obliquity_deg": 0.0,
+            "gantry_tilt_deg": 0.0, "slice_gaps_uneven": False, "missing_slices": 0, "geometry_consistent": True,
+            "transfer_syntax": "ExplicitVRLittleEndian", "decodable": True, "mosaic": False})
+    cohort = wd / "results" / "cohort"
+    write_tsv(cohort / "series.tsv", pd.DataFrame(rows, columns=SERIES_COLUMNS))
+    write_tsv(cohort / "subjects.tsv", pd.DataFrame({"subject": subjects, "n_studies": 1, "n_series": 1, "has_mask": True}))
+    priv = wd / "private"
+    priv.mkdir(mode=0o700)
+    write_json(priv / "series_files.json", {f"ser-{i:010x}": [f"/nonexistent/{i}.dcm"] for i in range(n)})
+    write_json(priv / "masks.json", {s: f"/nonexistent/{s}.nii.gz" for s in subjects})
+    (priv / "id_map.tsv").write_text("subject\tpatient_id\n")
+    (priv / "file_map.tsv").write_text("file\tpath\n")
+    cfg = load(wd / "config" / "bench.yaml")
+    select_run(cfg, cohort / "series.tsv", cohort / "subjects.tsv", cohort / "included.tsv", cohort / "excluded.tsv",
+               cohort / "exclusion_summary.tsv", cohort / "summary.txt")
+    split_run(cfg, cohort / "included.tsv", wd / "results" / "splits.json")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subjects", type=int, default=10000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-plan-") as t:
+        wd = Path(t) / "cohortseg"
+        wd.mkdir(parents=True)
+        for name in ("Snakefile", "rules", "scripts", "config", "envs", "profiles", "report", "cohortseg"):
+            src = REPO / name
+            if src.is_dir():
+                shutil.copytree(src, wd / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(src, wd / name)
+        (wd / "config" / "bench.yaml").write_text(
+            "study: bench-plan\ndicom_dir: data/dicom\nmasks: {dir: null}\nprivate_dir: private\n")
+        t0 = time.perf_counter()
+        sys.path.insert(0, str(wd))
+        make_cohort(wd, args.subjects)
+        setup_s = time.perf_counter() - t0
+        ours_s, ours_jobs = dry_run(wd, "--configfile", "config/bench.yaml", "--rerun-triggers", "mtime")
+
+        naive = Path(t) / "naive"
+        naive.mkdir()
+        (naive / "Snakefile").write_text(NAIVE.format(n=args.subjects))
+        naive_s, naive_jobs = dry_run(naive)
+    print(f"subjects={args.subjects}")
+    print(f"index_select_split_setup_s={setup_s:.2f}")
+    print(f"cohortseg_jobs_planned={ours_jobs}")
+    print(f"cohortseg_dry_run_s={ours_s:.2f}")
+    print(f"naive_jobs_planned={naive_jobs}")
+    print(f"naive_dry_run_s={naive_s:.2f}")
+    print(f"cohortseg_target_met={ours_s <= 10 and naive_s / ours_s >= 5}")
+    print(f"ratio={naive_s / ours_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
