@@ -24,8 +24,9 @@ RESOURCE_KEYS = ["threads", "mem_mb", "runtime", "gpu", "slurm_partition", "cpus
 def parse_dry_run(text: str) -> pd.DataFrame:
     """One row per planned job: rule, wildcards and the resources Snakemake resolved for it."""
     rows = []
-    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", "\n" + text):
-        m = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block)
+    # grouped jobs (a profile's `groups`) are printed indented under "group job ...": match those too
+    for block in re.split(r"\n(?=[ \t]*(?:local)?(?:rule|checkpoint) \w+:)", "\n" + text):
+        m = re.match(r"\s*(?:local)?(?:rule|checkpoint) (\w+):", block)
         if not m:
             continue
         row: dict[str, object] = {"rule": m.group(1)}

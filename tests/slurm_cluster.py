@@ -57,7 +57,7 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 GresTypes=gpu
-MinJobAge=600
+MinJobAge=3600
 ReturnToService=2
 MpiDefault=none
 NodeName={host} CPUs={cpus} RealMemory={mem_mb} Gres=gpu:2 State=UNKNOWN

@@ -168,8 +168,8 @@ def slurm_submissions(wd: Path) -> list[str]:
     proc = smk(wd, "--profile", "profiles/slurm", "-n", "--forcerun", "convert", "--allowed-rules", *rules)
     out = proc.stdout + proc.stderr
     subs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
-        m = re.match(r"(?:local)?rule (\w+):", block)
+    for block in re.split(r"\n(?=[ \t]*(?:local)?rule \w+:)", out):  # grouped jobs are indented
+        m = re.match(r"\s*(?:local)?rule (\w+):", block)
         if not m:
             continue
         wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
@@ -317,7 +317,7 @@ def test_slurm_run_matches_local_run(workflow: Path, slurm: dict[str, str], tmp_
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     submitted = re.findall(r"Job (\S+) has been submitted with SLURM jobid (\d+)", out)
-    rules_of = {jid: rule for rule, jid in re.findall(r"\nrule (\w+):\n(?:.*\n)*?\s+jobid: (\d+)", out)}
+    rules_of = {jid: rule for rule, jid in re.findall(r"\n(?:local)?(?:rule|checkpoint) (\w+):\n(?:.*\n)*?\s+jobid: (\d+)", out)}
     seen: dict[str, int] = {}
     for job, slurm_id in submitted:
         # a group job (the profile groups convert, convert_mask and preprocess of 20 subjects) has a uuid
@@ -344,6 +344,25 @@ def test_slurm_run_matches_local_run(workflow: Path, slurm: dict[str, str], tmp_
     assert len(common) > 40 and a.keys() == b.keys(), sorted(a.keys() ^ b.keys())[:10]
     differ = sorted(k for k in common if a[k] != b[k])
     assert [k for k in differ if not TIMING_OUTPUTS.search(k)] == []
+
+
+def test_plan_lists_jobs_and_resources(workflow: Path, tmp_path: Path) -> None:
+    """`cohortseg plan` with the slurm profile: every job after the checkpoints, per rule, with the
+    GPU partition for training and inference, and the rule graph / DAG rendered."""
+    import shutil
+
+    env = {**os.environ, "PYTHONPATH": str(workflow), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "cohortseg.cli", "plan", "--graphs", str(tmp_path), "--",
+                           "--configfile", "tests/config/tiny.yaml", "--profile", "profiles/slurm"],
+                          cwd=workflow, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:] if line.strip() and line.split()[0].isidentifier()}
+    included = len(pd.read_csv(workflow / "results" / "cohort" / "included.tsv", sep="\t"))
+    assert int(rows["convert"][1]) == included and int(rows["train"][1]) == 2, proc.stdout
+    assert rows["train"][-1] == "gpu" and rows["convert"][-1] == "cpu", proc.stdout
+    assert (tmp_path / "dag.dot").read_text().count("->") > 20
+    if shutil.which("dot"):
+        assert (tmp_path / "rulegraph.svg").stat().st_size > 1000
 
 
 def test_lint_is_clean() -> None:
