@@ -32,7 +32,7 @@ import pandas as pd  # noqa: E402
 
 from cohortseg import qa  # noqa: E402
 from cohortseg.config import load  # noqa: E402
-from cohortseg.convert import convert_series, dcm2niix_exe  # noqa: E402
+from cohortseg.convert import convert_series, dcm2niix_exe, dcm2niix_output  # noqa: E402
 from cohortseg.index import build_index  # noqa: E402
 from cohortseg.pseudonym import Pseudonymiser  # noqa: E402
 from cohortseg.select import effective_rules, select  # noqa: E402
@@ -49,9 +49,7 @@ def run_dcm2niix(files: list[str], tmp: Path) -> tuple[float, nib.Nifti1Image]:
     subprocess.run([dcm2niix_exe(), "-z", "y", "-b", "n", "-f", "x", "-o", str(out), str(src)],
                    check=True, capture_output=True)
     dt = time.perf_counter() - t0
-    produced = sorted(out.glob("x*.nii.gz"))
-    best = next((p for key in ("_Tilt_Eq", "_Tilt", "_Eq") for p in produced if key in p.name), produced[0])
-    return dt, nib.load(str(best))
+    return dt, nib.load(str(dcm2niix_output(sorted(out.glob("x*.nii.gz")))))
 
 
 def run_cohortseg(files: list[str], correction: str, tmp: Path) -> tuple[float, nib.Nifti1Image]:
@@ -93,7 +91,7 @@ def main() -> None:
         tot_base += base
         tot_ours += ours
         ratios.append(ours / base)
-        same = c.grid_ok() and c.voxels != "differ"
+        same = c.ok()
         geometry_ok += same
         print(f"series={row['series']} files={len(files)} shape={'x'.join(map(str, img.shape))} "
               f"dcm2niix_s={base:.4f} cohortseg_s={ours:.4f} ratio={ours / base:.2f} "

@@ -86,16 +86,22 @@ def _dcm2niix(links: list[Path], out: Path) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ConversionError(f"dcm2niix failed with exit code {proc.returncode}")
-    produced = sorted(out.glob("image*.nii"))
-    # beside the raw stack, dcm2niix writes a tilt-corrected (_Tilt) and/or equidistant (_Eq) copy where
-    # the raw one is sheared or unevenly spaced (names like image_Tilt_Eq_1.nii.gz): prefer those
-    for pattern in (r"_Tilt_Eq(_\d+)?$", r"_Tilt(_\d+)?$", r"_Eq(_\d+)?$", r"^image$"):
-        cand = [p for p in produced if re.search(pattern, p.name[: -len(".nii")])]
+    best = dcm2niix_output(sorted(out.glob("image*.nii")))
+    if best is None:
+        raise ConversionError("dcm2niix produced no NIfTI file")
+    return best
+
+
+def dcm2niix_output(produced: list[Path]) -> Path | None:
+    """The file to keep of those dcm2niix wrote for one series. Beside the raw stack it writes a
+    tilt-corrected (_Tilt) and/or equidistant (_Eq) copy where the raw one is sheared or unevenly
+    spaced (names like image_Tilt_Eq_1.nii): those are preferred."""
+    stem = [re.sub(r"\.nii(\.gz)?$", "", p.name) for p in produced]
+    for pattern in (r"_Tilt_Eq(_\d+)?$", r"_Tilt(_\d+)?$", r"_Eq(_\d+)?$"):
+        cand = [p for p, st in zip(produced, stem) if re.search(pattern, st)]
         if cand:
             return cand[0]
-    if produced:
-        return produced[0]
-    raise ConversionError("dcm2niix produced no NIfTI file")
+    return produced[0] if produced else None
 
 
 def _convert_with(tool: str, links: list[Path], tmp: Path) -> Path:

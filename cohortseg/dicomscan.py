@@ -53,6 +53,10 @@ TAGS: dict[int, tuple[str, str]] = {
     0x00280030: ("PixelSpacing", "DS"),
     0x00280100: ("BitsAllocated", "US"),
 }
+CHARSET_TAG = 0x00080005
+MOSAIC_TAG = 0x0019100A  # Siemens NumberOfImagesInMosaic (private)
+CSA_IMAGE_TAG = 0x00291010  # Siemens CSA image header: the mosaic count where 0019,100A is absent
+GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")  # always lists
 LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UT", b"UN", b"UC", b"UR", b"SV", b"UV"}
 PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -168,6 +172,30 @@ def _walk_wanted(buf: bytes, pos: int, explicit: bool, raw: dict[int, tuple[byte
     return pos
 
 
+def _walk_to(buf: bytes, pos: int, explicit: bool, targets: set[int]) -> dict[int, tuple[int, int]]:
+    """Walk top-level elements from pos up to the last of ``targets``; tag -> (value start, length)
+    of those found. Raises Fallback(LONGER) if the buffer ends first."""
+    found: dict[int, tuple[int, int]] = {}
+    last = max(targets)
+    n = len(buf)
+    while pos + 8 <= n:
+        group, elem = _TAG.unpack_from(buf, pos)
+        if (group << 16) | elem > last:
+            return found
+        nxt, tag, _, vstart, length = _element(buf, pos, explicit)
+        if tag in targets:
+            found[tag] = (vstart, length)
+            if tag == last:
+                return found
+        pos = nxt
+    raise Fallback(LONGER)
+
+
+def _encapsulated_complete(path: str) -> bool:
+    """Encapsulated pixel data is complete when the file ends with the sequence delimiter."""
+    return _tail(path, 8)[:4] == b"\xfe\xff\xdd\xe0"
+
+
 def _tail(path: str, nbytes: int, offset: int | None = None) -> bytes:
     with open(path, "rb") as fh:
         if offset is None:
@@ -185,7 +213,7 @@ def _pixels_from_tail(path: str, size: int, raw: dict[int, tuple[bytes, bytes]],
     padded) before the end of the file; encapsulated: the file must end with the sequence
     delimiter. One small read instead of walking the private groups between (0028) and (7FE0)."""
     if ts not in UNCOMPRESSED:
-        return "ok" if size >= walked_to + 8 and _tail(path, 8)[:4] == b"\xfe\xff\xdd\xe0" else None
+        return "ok" if size >= walked_to + 8 and _encapsulated_complete(path) else None
     try:
         rows = _U16.unpack_from(raw[0x00280010][1], 0)[0]
         cols = _U16.unpack_from(raw[0x00280011][1], 0)[0]
@@ -270,8 +298,8 @@ def _functional_groups(buf: bytes, pos: int, tags: dict[str, Any]) -> None:
 
     The functional groups sit after large vendor sequences (Siemens XA: thousands of nested
     elements), so their element headers (explicit VR LE 'SQ') are located with bytes.find, at C
-    speed, and accepted only if what follows parses as a sequence of items; else the elements are
-    walked from pos."""
+    speed, and accepted only if the pattern occurs once and an item follows; else the elements
+    are walked from pos. Per-frame positions likewise by pattern, checked to be one per frame."""
     if buf.find(b"\xe0\x7f\x10\x00", pos) < 0:
         raise Fallback(LONGER)  # the groups end where the pixel data starts: read more first
     found: dict[int, tuple[int, int]] = {}
@@ -279,24 +307,15 @@ def _functional_groups(buf: bytes, pos: int, tags: dict[str, Any]) -> None:
         at = buf.find(pattern, pos)
         if at >= 0 and buf.find(pattern, at + 1) < 0 and buf[at + 12:at + 16] == b"\xfe\xff\x00\xe0":
             found[tag] = (at + 12, _U32.unpack_from(buf, at + 8)[0])
-    n = len(buf)
-    while PER_FRAME_FG not in found and pos + 8 <= n:
-        group, elem = _TAG.unpack_from(buf, pos)
-        tag = (group << 16) | elem
-        if tag > PER_FRAME_FG:
-            break
-        nxt, tag, _, vstart, length = _element(buf, pos, True)
-        if tag in (SHARED_FG, PER_FRAME_FG):
-            found[tag] = (vstart, length)
-        pos = nxt
     if PER_FRAME_FG not in found:
-        raise Fallback(LONGER if pos + 8 > n else "no per-frame functional groups")
+        found = _walk_to(buf, pos, True, {SHARED_FG, PER_FRAME_FG})
+    if PER_FRAME_FG not in found:
+        raise Fallback("no per-frame functional groups")
     shared = _items(buf, *found[SHARED_FG]) if SHARED_FG in found else []
     sh = _children(buf, *shared[0]) if shared else {}
     iop = _first_item_value(buf, sh, PLANE_ORIENTATION, 0x00200037)
     ps = _first_item_value(buf, sh, PIXEL_MEASURES, 0x00280030)
     th = _first_item_value(buf, sh, PIXEL_MEASURES, 0x00180050)
-    ipps: list[list[float] | None] | None = None
     ipps = _frame_positions_quick(buf, found[PER_FRAME_FG][0], int(tags["NumberOfFrames"]))
     if ipps is not None:
         # what the shared groups lack comes from the first frame's groups, as the walk below takes it
@@ -363,27 +382,18 @@ def _frame_positions(buf: bytes, per_frame: tuple[int, int], shared: list[bytes 
     return ipps
 
 
-CSA_IMAGE = 0x00291010
-
-
 def _csa_mosaic(buf: bytes, pos: int, explicit: bool) -> int:
     """Slices of a Siemens mosaic from the CSA image header (nibabel parses it), 0 if absent."""
-    n = len(buf)
-    while pos + 8 <= n:
-        group, elem = _TAG.unpack_from(buf, pos)
-        tag = (group << 16) | elem
-        if tag > CSA_IMAGE:
-            return 0
-        nxt, tag, _, vstart, length = _element(buf, pos, explicit)
-        if tag == CSA_IMAGE:
-            from nibabel.nicom import csareader
+    found = _walk_to(buf, pos, explicit, {CSA_IMAGE_TAG})
+    if CSA_IMAGE_TAG not in found:
+        return 0
+    vstart, length = found[CSA_IMAGE_TAG]
+    from nibabel.nicom import csareader
 
-            try:
-                return int(csareader.get_n_mosaic(csareader.read(buf[vstart:vstart + length])) or 0)
-            except Exception:  # noqa: BLE001 - a malformed CSA header: the pydicom path says the same
-                return 0
-        pos = nxt
-    raise Fallback(LONGER)
+    try:
+        return int(csareader.get_n_mosaic(csareader.read(buf[vstart:vstart + length])) or 0)
+    except Exception:  # noqa: BLE001 - a malformed CSA header: the pydicom path says the same
+        return 0
 
 
 def _text(raw: bytes, encoding: str) -> str:
@@ -402,7 +412,7 @@ def _decode(keyword: str, vr: str, raw: bytes, encoding: str) -> Any:
             vals = [float(p) for p in parts if p]
         if not vals:
             return None
-        return vals if len(vals) > 1 or keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") else vals[0]
+        return vals if keyword in GEOMETRY else vals[0]
     if vr == "UI":
         return s.rstrip("\x00")
     if keyword == "ImageType":
@@ -463,7 +473,7 @@ def _scan(path: str, buffer: int) -> tuple[str, dict[str, Any]]:
             end, tag, vr, start, length = _element(buf, pos, explicit)
             if tag in PIXEL_TAGS:
                 if length == 0xFFFFFFFF:  # encapsulated: must end with a sequence delimiter
-                    pixel_state = "ok" if _tail(path, 8)[:4] == b"\xfe\xff\xdd\xe0" else "truncated"
+                    pixel_state = "ok" if _encapsulated_complete(path) else "truncated"
                 else:
                     pixel_state = "ok" if end <= size else "truncated"
                 break
@@ -473,7 +483,7 @@ def _scan(path: str, buffer: int) -> tuple[str, dict[str, Any]]:
                 raise Fallback(LONGER)
     if pixel_state == "truncated":
         return "truncated", {}
-    charset = _text(raw.get(0x00080005, (b"", b""))[1], "ascii").upper()
+    charset = _text(raw.get(CHARSET_TAG, (b"", b""))[1], "ascii").upper()
     if charset in ("", "ISO_IR 6", "ISO_IR 100", "ISO 2022 IR 6", "ISO 2022 IR 100"):
         encoding = "latin-1" if "100" in charset else "ascii"
     elif charset == "ISO_IR 192":
@@ -485,21 +495,13 @@ def _scan(path: str, buffer: int) -> tuple[str, dict[str, Any]]:
     tags: dict[str, Any] = {"TransferSyntaxUID": ts, "HasPixelData": pixel_state == "ok"}
     for tag, (vr_b, value) in raw.items():
         keyword, vr = TAGS[tag]
-        if tag == 0x00080005:
+        if tag == CHARSET_TAG:
             continue
-        if tag == 0x0019100A:
-            vr = "US"  # private: US in explicit files, bytes (little endian) in implicit ones
+        # the private mosaic count is US in explicit files, bytes (little endian) in implicit ones: both read as US
         v = _decode(keyword, vr, value, encoding if vr in ("LO", "SH", "PN", "LT", "ST", "UT") else "ascii")
         if v is None or v == "":
             continue
-        if keyword == "NumberOfImagesInMosaic":
-            tags["MosaicImages"] = v
-        elif keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing") and not isinstance(v, list):
-            tags[keyword] = [v]
-        elif isinstance(v, list) and keyword not in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-            tags[keyword] = v[0]
-        else:
-            tags[keyword] = v
+        tags["MosaicImages" if tag == MOSAIC_TAG else keyword] = v
     if int(tags.get("NumberOfFrames", 1)) > 1:
         if not explicit:
             raise Fallback("multi-frame, implicit VR")

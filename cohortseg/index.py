@@ -24,20 +24,14 @@ import pandas as pd
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from .dicomscan import CHARSET_TAG, CSA_IMAGE_TAG, GEOMETRY, MOSAIC_TAG, Fallback, scan
+from .dicomscan import TAGS as SCAN_TAGS
 from .pseudonym import PRIVATE_MODE, Pseudonymiser, ensure_private_dir
 from .util import log, write_json, write_tsv
 
-HEADER_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID",
-    "Modality", "SeriesDescription", "StudyDescription", "ProtocolName", "ImageType",
-    "ContrastBolusAgent", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
-    "SliceThickness", "Rows", "Columns", "StudyDate", "StudyTime", "SeriesNumber", "InstanceNumber",
-    "NumberOfFrames", "Manufacturer", "MagneticFieldStrength", "EchoTime", "GantryDetectorTilt",
-    "AcquisitionNumber", "BitsAllocated", "SamplesPerPixel", "SharedFunctionalGroupsSequence",
-    "PerFrameFunctionalGroupsSequence",
-]
-MOSAIC_TAG = 0x0019100A  # Siemens NumberOfImagesInMosaic (private, CSA group 0019)
-CSA_IMAGE_TAG = 0x00291010  # Siemens CSA image header: holds the mosaic count where 0019,100A is absent
+# the tags the index reads are the fast scanner's list (dicomscan.TAGS); pydicom reads them by keyword
+_BY_KEYWORD = {kw: vr for tag, (kw, vr) in SCAN_TAGS.items() if tag not in (CHARSET_TAG, MOSAIC_TAG)}
+HEADER_TAGS = [*_BY_KEYWORD, "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"]
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 SECONDARY_CAPTURE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
@@ -147,8 +141,6 @@ def _pixel_data_state(fh: Any, size: int, explicit_vr: bool, little: bool) -> st
 
 def read_header(path: str) -> FileHeader:
     """The header tags of one file, by the fast scanner where it can (see dicomscan), else pydicom."""
-    from .dicomscan import Fallback, scan
-
     try:
         status, tags = scan(path)
     except Fallback as exc:
@@ -208,16 +200,15 @@ def read_header_pydicom(path: str) -> FileHeader:
         return FileHeader(path, "truncated", {})
     tags: dict[str, Any] = {"TransferSyntaxUID": str(ts) if ts else "", "HasPixelData": pixels == "ok"}
     try:
-        for name in HEADER_TAGS:
+        for name, vr in _BY_KEYWORD.items():
             v = _value(ds, name)
-            if v is None or v == "" or name.endswith("FunctionalGroupsSequence"):
+            if v is None or v == "":
                 continue
-            if name in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+            if name in GEOMETRY:
                 v = [float(x) for x in v]
-            elif name in ("SliceThickness", "MagneticFieldStrength", "EchoTime", "GantryDetectorTilt"):
+            elif vr == "DS":
                 v = float(v)
-            elif name in ("Rows", "Columns", "SeriesNumber", "InstanceNumber", "NumberOfFrames", "AcquisitionNumber",
-                          "BitsAllocated", "SamplesPerPixel"):
+            elif vr in ("IS", "US"):
                 v = int(v)
             elif name == "ImageType":
                 v = "\\".join(str(x) for x in (v if isinstance(v, list) else [v]))

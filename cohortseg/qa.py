@@ -10,7 +10,7 @@ one converter applied the DICOM rescale and the other did not.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import nibabel as nib
@@ -33,9 +33,6 @@ class Comparison:
 
     def ok(self, tol_mm: float = 1e-3, tol_rad: float = 1e-4) -> bool:
         return self.grid_ok(tol_mm, tol_rad) and self.voxels != "differ"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def canonical(img: nib.Nifti1Image) -> nib.Nifti1Image:
@@ -93,12 +90,6 @@ def _rescale_match(x: np.ndarray, y: np.ndarray) -> str | None:
     if np.allclose(slope * xs + inter, ys, rtol=0, atol=1e-3 * max(1.0, abs(slope))):
         return f"rescaled({slope:g},{inter:g})"
     return None
-
-
-def summary_geometry(img: nib.Nifti1Image) -> dict[str, Any]:
-    """Shape, zooms, orientation and affine of an image, as in dcm_qa's regen_summary.jsonl."""
-    return {"shape": [int(s) for s in img.shape], "zooms": [float(z) for z in img.header.get_zooms()],
-            "axcodes": "".join(nib.aff2axcodes(img.affine)), "affine": np.round(img.affine, 4).tolist()}
 
 
 def compare_summary(img: nib.Nifti1Image, ref: dict[str, Any]) -> dict[str, Any]:

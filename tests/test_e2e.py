@@ -254,10 +254,9 @@ def test_missing_fold_is_an_error(workflow: Path) -> None:
 TIMING_OUTPUTS = re.compile(r"(history\.tsv|train\.json|timing\.tsv|predictions[^/]*/.*\.json)$")
 
 
-def test_second_run_is_bitwise_identical(workflow: Path, tmp_path_factory: pytest.TempPathFactory, tiny_cohort: Path) -> None:
-    """Same config, same key, same threads, another output tree: every output but wall-clock timings has the same
-    SHA-256 (conversion, preprocessing, split, training weights, predictions, metrics, figures)."""
-    wd = copy_workflow(tmp_path_factory.mktemp("wf2"))
+def replica(workflow: Path, dst: Path, tiny_cohort: Path) -> Path:
+    """A second, empty output tree of the workflow with the same inputs and the same study key."""
+    wd = copy_workflow(dst)
     (wd / "data").mkdir()
     (wd / "data" / "tiny").symlink_to(tiny_cohort)
     (wd / "data" / "external").mkdir()
@@ -265,9 +264,19 @@ def test_second_run_is_bitwise_identical(workflow: Path, tmp_path_factory: pytes
     (wd / "private").mkdir(mode=0o700)
     (wd / "private" / "key").write_bytes((workflow / "private" / "key").read_bytes())
     os.chmod(wd / "private" / "key", 0o600)
+    return wd
+
+
+def output_checksums(wd: Path) -> dict[str, str]:
+    return json.loads((wd / "results" / "provenance.json").read_text())["outputs"]
+
+
+def test_second_run_is_bitwise_identical(workflow: Path, tmp_path_factory: pytest.TempPathFactory, tiny_cohort: Path) -> None:
+    """Same config, same key, same threads, another output tree: every output but wall-clock timings has the same
+    SHA-256 (conversion, preprocessing, split, training weights, predictions, metrics, figures)."""
+    wd = replica(workflow, tmp_path_factory.mktemp("wf2"), tiny_cohort)
     smk(wd)
-    a = json.loads((workflow / "results" / "provenance.json").read_text())["outputs"]
-    b = json.loads((wd / "results" / "provenance.json").read_text())["outputs"]
+    a, b = output_checksums(workflow), output_checksums(wd)
     assert a.keys() == b.keys()
     differ = sorted(k for k in a if a[k] != b[k])
     assert [k for k in differ if not TIMING_OUTPUTS.search(k)] == []
@@ -297,14 +306,7 @@ def test_slurm_run_matches_local_run(workflow: Path, slurm: dict[str, str], tmp_
     local run's (same key, same thread counts) except wall-clock timings."""
     from .slurm_cluster import job_info
 
-    wd = copy_workflow(tmp_path_factory.mktemp("wf_slurm"))
-    (wd / "data").mkdir()
-    (wd / "data" / "tiny").symlink_to(tiny_cohort)
-    (wd / "data" / "external").mkdir()
-    os.link(workflow / "data" / "external" / "case01.nii.gz", wd / "data" / "external" / "case01.nii.gz")
-    (wd / "private").mkdir(mode=0o700)
-    (wd / "private" / "key").write_bytes((workflow / "private" / "key").read_bytes())
-    os.chmod(wd / "private" / "key", 0o600)
+    wd = replica(workflow, tmp_path_factory.mktemp("wf_slurm"), tiny_cohort)
     env = {**os.environ, **slurm, "PYTHONPATH": str(wd), "PYTHONDONTWRITEBYTECODE": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     # site values of the profile overridden for the test cluster: no account, a short first status check
@@ -338,8 +340,7 @@ def test_slurm_run_matches_local_run(workflow: Path, slurm: dict[str, str], tmp_
     n_light = sum(len(re.findall(rf"\n\s*rule {r}:", out)) for r in ("convert", "convert_mask", "preprocess"))
     assert n_light >= 15 and 1 <= seen["group:prep"] <= n_light // 2, (n_light, seen)
     print("SLURM submissions per rule:", seen)
-    a = json.loads((workflow / "results" / "provenance.json").read_text())["outputs"]
-    b = json.loads((wd / "results" / "provenance.json").read_text())["outputs"]
+    a, b = output_checksums(workflow), output_checksums(wd)
     common = a.keys() & b.keys()
     assert len(common) > 40 and a.keys() == b.keys(), sorted(a.keys() ^ b.keys())[:10]
     differ = sorted(k for k in common if a[k] != b[k])

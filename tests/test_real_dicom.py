@@ -314,3 +314,16 @@ def test_fast_header_scan_equals_pydicom(tiny_cohort):
         except Fallback:
             pass
     assert fast > 0.8 * sum(1 for f in files if read_header(f).status == "ok")
+
+
+def test_saved_conversion_keeps_stored_values_and_scale(tmp_path):
+    """dcm2niix stores the Philips CT as int16 with scl_inter -1024: the saved file keeps that scale and
+    the exact values (nibabel alone would refit a lossy scale when saving a scaled image)."""
+    from cohortseg.util import save_nifti
+
+    root = need_shared("dicom/dcm_qa_ct/Philips_S21570_study_subset/In/S2010")
+    img, _ = convert_series(sorted(str(p) for p in root.iterdir() if p.name.startswith("I")), "auto")
+    save_nifti(img, tmp_path / "ct.nii.gz")
+    saved = nib.load(str(tmp_path / "ct.nii.gz"))
+    assert (saved.dataobj.slope, saved.dataobj.inter) == (img.dataobj.slope, img.dataobj.inter) == (1.0, -1024.0)
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj), np.asanyarray(img.dataobj))
