@@ -11,12 +11,13 @@ DEMO_CONFIG := config/demo.yaml
 DEMO_DATA := data/demo
 CORES ?= 2
 
-.PHONY: install demo demo-data test lint plan locks clean clean-demo help
+.PHONY: install demo demo-data test lint plan repro locks clean clean-demo help
 
 help:
 	@echo "make demo   - generate the synthetic DICOM cohort and run the whole workflow on CPU"
 	@echo "make test   - run every test (unit, Snakemake end-to-end, lint)"
 	@echo "make plan   - dry run of the demo workflow"
+	@echo "make repro  - reproducibility audit of the demo (re-executions compared by SHA-256, ICC)"
 	@echo "make clean  - remove results/, logs/, private/, .snakemake/ and the demo data"
 
 install: $(STAMP)
@@ -56,6 +57,16 @@ PROFILE ?= profiles/local
 plan: $(STAMP) $(DEMO_DATA)/cohort.json
 	$(BIN)/cohortseg plan --graphs results/plan -- --profile $(PROFILE) --configfile $(DEMO_CONFIG)
 
+# the reproducibility audit of the demo: the main run (if not done yet), then config repro.runs
+# executions with 1 thread and one with 2 in repro/exec*/ (previous audit trees removed first),
+# compared per stage; tables, dashboard and summary in results/repro/
+repro: $(STAMP) $(DEMO_DATA)/cohort.json
+	rm -rf repro results/repro
+	$(SNAKEMAKE) --profile profiles/local --configfile $(DEMO_CONFIG) --cores $(CORES) repro
+	@echo ""; cat results/repro/summary.txt; echo ""; \
+	echo "  tables:    results/repro/stages.tsv, files.tsv, metrics_variability.tsv"; \
+	echo "  dashboard: results/repro/dashboard.png (and section 7 of the report: snakemake --report)"
+
 # lock files of the whole stack for x86-64 (A100 nodes; manylinux_2_34 because pylibjpeg-libjpeg's
 # x86-64 wheels need glibc >= 2.31) and aarch64 (Grace-Hopper; wheels only, checked by tests/test_envs.py)
 locks: $(STAMP)
@@ -71,4 +82,4 @@ lint: $(STAMP)
 	$(SNAKEMAKE) --configfile $(DEMO_CONFIG) --lint
 
 clean:
-	rm -rf results logs private .snakemake $(DEMO_DATA)
+	rm -rf results logs private .snakemake repro $(DEMO_DATA)

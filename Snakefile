@@ -15,8 +15,7 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/index.smk"
 include: "rules/select.smk"
-include: "rules/convert.smk"
-include: "rules/preprocess.smk"
+include: "rules/prepare.smk"
 include: "rules/split.smk"
 include: "rules/train.smk"
 include: "rules/ensemble.smk"
@@ -24,6 +23,7 @@ include: "rules/infer.smk"
 include: "rules/metrics.smk"
 include: "rules/report.smk"
 include: "rules/provenance.smk"
+include: "rules/repro.smk"
 
 
 rule all:

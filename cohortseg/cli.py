@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,25 @@ def cmd_preprocess(a: argparse.Namespace) -> None:
     run(_cfg(a), a.subject, src / "image.nii.gz", src / "label.nii.gz", dst / "image.nii", dst / "label.nii", dst / "info.json")
 
 
+def cmd_prepare(a: argparse.Namespace) -> None:
+    from .prepare import fingerprint, run, shard_of
+
+    cfg = _cfg(a)
+    priv = Path(cfg["private_dir"])
+    prefix, digits = cfg["pseudonym"]["prefix"], cfg["prepare"]["shard_digits"]
+    if bool(a.shard) == bool(a.subjects):
+        raise ValueError("give either subjects or --shard")
+    todo: dict[str, list[str] | None] = {a.shard: None} if a.shard else {}
+    for s in a.subjects:
+        todo.setdefault(shard_of(s, prefix, digits), []).append(s)  # type: ignore[union-attr]
+    for shard, only in todo.items():
+        manifest = Path(a.manifests) / f"{shard}.json" if only is None else None
+        m = run(cfg, shard, a.included, priv / "series_files.json", priv / "masks.json", manifest, fingerprint(cfg),
+                a.threads, a.nifti, a.preproc, only=only, force=a.force or only is not None)
+        print(f"shard {shard}: {m['n_subjects']} subjects, {m['n_prepared']} prepared, "
+              f"{m['n_subjects'] - m['n_prepared']} up to date")
+
+
 def cmd_split(a: argparse.Namespace) -> None:
     from .split import run
 
@@ -109,6 +129,15 @@ def cmd_overlay(a: argparse.Namespace) -> None:
     from .report import overlay
 
     overlay(a.image, a.reference, a.prediction, a.out, a.title)
+
+
+def cmd_repro(a: argparse.Namespace) -> None:
+    from .repro import run
+
+    table = run(_cfg(a), a.main, a.out, cores=a.cores)
+    print((Path(a.out) / "summary.txt").read_text(), end="")
+    if table.empty:
+        raise RuntimeError("the audit compared nothing")
 
 
 def cmd_code_hash(a: argparse.Namespace) -> None:
@@ -170,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--nifti", default="results/nifti")
     sp.add_argument("--out", default="results/preproc")
 
+    sp = add("prepare", cmd_prepare, "convert, import the mask and preprocess subjects (one shard or named subjects)")
+    sp.add_argument("subjects", nargs="*", help="subjects to redo (always redone); or --shard")
+    sp.add_argument("--shard", help="prepare a whole shard (skips up-to-date subjects) and write its manifest")
+    sp.add_argument("--force", action="store_true", help="redo up-to-date subjects too")
+    sp.add_argument("--threads", type=int, default=1)
+    sp.add_argument("--included", default="results/cohort/included.tsv")
+    sp.add_argument("--nifti", default="results/nifti")
+    sp.add_argument("--preproc", default="results/preproc")
+    sp.add_argument("--manifests", default="results/prepared")
+
     sp = add("split", cmd_split, "seeded k-fold split with held-out test set")
     sp.add_argument("--included", default="results/cohort/included.tsv")
     sp.add_argument("--out", default="results/splits.json")
@@ -211,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("plan", cmd_plan, "jobs per rule with resources (dry run) and the rule graph / DAG", config=False)
     sp.add_argument("--graphs", help="folder for rulegraph.svg and dag.svg (graphviz)")
     sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="arguments for snakemake, e.g. --profile profiles/slurm")
+
+    sp = add("repro", cmd_repro, "reproducibility audit: re-execute stages in separate trees and compare (config repro)")
+    sp.add_argument("--main", default=".", help="the workflow folder of the main run")
+    sp.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores for independent jobs of an execution")
+    sp.add_argument("--out", default="results/repro")
 
     sp = add("code-hash", cmd_code_hash, "hash of the package code each stage runs (rule params)", config=False)
     sp.add_argument("stages", nargs="+")

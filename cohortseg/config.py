@@ -38,6 +38,9 @@ def check_semantics(cfg: dict[str, Any]) -> None:
         out = Path(shared).resolve()
         if priv == out or out in priv.parents:
             raise ConfigError(f"private_dir {cfg['private_dir']!r} must lie outside {shared}/")
+    if cfg["prepare"]["shard_digits"] > cfg["pseudonym"]["length"]:
+        raise ConfigError(f"prepare.shard_digits ({cfg['prepare']['shard_digits']}) exceeds pseudonym.length "
+                          f"({cfg['pseudonym']['length']})")
     train = cfg["train"]
     if train["model"] == "unetr":
         size = cfg["preprocess"]["size"]

@@ -250,6 +250,12 @@ def run(cfg: dict[str, Any], subject: str, included_tsv: str | Path, series_file
         image_out: str | Path, sidecar_out: str | Path) -> None:
     row = included_row(included_tsv, subject)
     files = json.loads(Path(series_files_json).read_text())[row["series"]]
+    convert_subject(cfg, subject, row, files, image_out, sidecar_out)
+
+
+def convert_subject(cfg: dict[str, Any], subject: str, row: dict[str, Any], files: list[str],
+                    image_out: str | Path, sidecar_out: str | Path) -> dict[str, Any]:
+    """Convert the series of ``row`` (its ``files``) to the subject's NIfTI and identifier-free sidecar."""
     try:
         corr = row.get("geometry_correction")
         corr = corr if isinstance(corr, str) else ""
@@ -263,15 +269,21 @@ def run(cfg: dict[str, Any], subject: str, included_tsv: str | Path, series_file
     write_json(sidecar_out, meta)
     log.info("%s: %s -> %s, shape %s, zooms %s, %s", subject, row["series"], image_out, meta["shape"],
              [round(z, 3) for z in meta["zooms"]], meta["orientation"])
+    return meta
 
 
 def run_mask(cfg: dict[str, Any], subject: str, image_nii: str | Path, masks_json: str | Path, label_out: str | Path) -> None:
     masks = json.loads(Path(masks_json).read_text())
     if subject not in masks:
         raise ConversionError(f"{subject} has no mask under masks.dir")
+    mask_subject(cfg, subject, image_nii, masks[subject], label_out)
+
+
+def mask_subject(cfg: dict[str, Any], subject: str, image_nii: str | Path, mask_path: str, label_out: str | Path) -> None:
+    """The radiologist's mask on the converted image's grid (nearest neighbour where it differs)."""
     image = nib.load(str(image_nii))
     try:
-        lab, info = import_mask(masks[subject], image, len(cfg["labels"]))
+        lab, info = import_mask(mask_path, image, len(cfg["labels"]))
     except ConversionError as exc:
         raise ConversionError(f"{subject} mask: {exc}") from None
     save_nifti(lab, label_out)

@@ -89,3 +89,11 @@ def run(cfg: dict[str, Any], model_name: str, cases: list[tuple[str, str, str, s
                     model_load_seconds=load_seconds, device=str(device), threads=threads)
         write_json(info_out, info)
         log.info("%s %s: %s in %.1fs", model_name, case, info["voxels"], info["seconds"])
+
+
+def write_shard_manifest(shard: str, cases: list[tuple[str, str, str, str]], out: str | Path) -> None:
+    """List a shard's predictions (and their SHA-256) as the proof that the whole shard is predicted."""
+    from .provenance import sha256_file
+
+    write_json(out, {"shard": shard, "predictions": {c: {"prediction": pred, "info": info, "sha256": sha256_file(pred)}
+                                                     for c, _, pred, info in cases}})

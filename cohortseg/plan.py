@@ -5,6 +5,13 @@ the rule graph and job DAG as pictures (graphviz).
 index, selection, split: seconds, no pixel data), then a dry run, and prints one row per rule:
 jobs, threads, memory, wall time, GPUs and SLURM partition as the profile in use resolves them.
 With ``--graphs DIR`` it also writes ``rulegraph.svg`` and ``dag.svg`` there.
+
+Where SLURM answers (``sinfo``) and the jobs name partitions, every job, and every group job as the
+sum of its parallel members, is checked against the cluster before anything is submitted: a missing
+partition, more CPUs, memory or GPUs than any node of the partition has, a wall time over the
+partition's limit, an unknown node feature, or a resource name the slurm executor does not know (a
+typo it would silently ignore) is an error here, not a job pending forever. Unknown profile keys are
+already refused by Snakemake itself ("unrecognized arguments").
 """
 
 from __future__ import annotations
@@ -18,30 +25,148 @@ from pathlib import Path
 import pandas as pd
 
 CHECKPOINT_RULES = {"index", "select", "split"}
-RESOURCE_KEYS = ["threads", "mem_mb", "runtime", "gpu", "slurm_partition", "cpus_per_task"]
+RESOURCE_KEYS = ["threads", "mem_mb", "runtime", "gpu", "slurm_partition", "cpus_per_task", "constraint"]
+# resources Snakemake itself sets or the slurm executor plugin turns into sbatch options
+KNOWN_RESOURCES = {"_cores", "_nodes", "tmpdir", "disk_mb", "disk", "disk_mib", "mem_mb", "mem", "mem_mib", "runtime",
+                   "threads", "gpu", "gpu_model", "gpu_manufacturer", "gres", "slurm_partition", "slurm_account",
+                   "slurm_extra", "constraint", "cpus_per_task", "cpus_per_gpu", "tasks", "tasks_per_gpu", "nodes",
+                   "mem_mb_per_cpu", "qos", "clusters", "mpi", "nvidia_gpu"}
+
+
+class PlanError(RuntimeError):
+    """The plan asks for something the cluster cannot give."""
 
 
 def parse_dry_run(text: str) -> pd.DataFrame:
-    """One row per planned job: rule, wildcards and the resources Snakemake resolved for it."""
+    """One row per planned job: rule, wildcards, the group job it belongs to (if any) and the
+    resources Snakemake resolved for it."""
     rows = []
-    # grouped jobs (a profile's `groups`) are printed indented under "group job ...": match those too
-    for block in re.split(r"\n(?=[ \t]*(?:local)?(?:rule|checkpoint) \w+:)", "\n" + text):
-        m = re.match(r"\s*(?:local)?(?:rule|checkpoint) (\w+):", block)
+    group = ""
+    # grouped jobs (a profile's `groups`) are printed indented under "Group job ...": match those too
+    for block in re.split(r"\n(?=[ \t]*(?:local)?(?:rule|checkpoint) \w+:|.*Group job \w+)", "\n" + text):
+        g = re.match(r"\s*(?:\[[^\]]*\]\s*)?Group job (\w+)", block)
+        if g:
+            group = f"{g.group(1)}#{len(rows)}"
+            continue
+        m = re.match(r"(\s*)(?:local)?(?:rule|checkpoint) (\w+):", block)
         if not m:
             continue
-        row: dict[str, object] = {"rule": m.group(1)}
+        if not m.group(1):
+            group = ""
+        row: dict[str, object] = {"rule": m.group(2), "group": group}
         wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
         row["wildcards"] = wc.group(1) if wc else ""
         th = re.search(r"^\s+threads: (\d+)$", block, re.M)
         row["threads"] = int(th.group(1)) if th else 1
         res = re.search(r"^\s+resources: (.*)$", block, re.M)
+        extra = []
         if res:
             for kv in res.group(1).split(", "):
                 k, _, v = kv.partition("=")
                 if k in RESOURCE_KEYS:
                     row[k] = v
+                if k not in KNOWN_RESOURCES:
+                    extra.append(k)
+        row["unknown_resources"] = ",".join(extra)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _minutes(limit: str) -> float:
+    """SLURM time limit (``infinite``, ``M``, ``H:M:S``, ``D-H:M:S``) in minutes."""
+    if limit in ("infinite", "UNLIMITED", "n/a", ""):
+        return float("inf")
+    days, _, rest = limit.rpartition("-")
+    parts = [int(x) for x in rest.split(":")]
+    h, m, sec = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
+    return (int(days or 0) * 24 + h) * 60 + m + sec / 60
+
+
+def cluster(sinfo: str | None = None) -> dict[str, dict[str, object]] | None:
+    """Per partition: the largest node's CPUs, memory (MB), GPUs, the time limit (minutes), node
+    features, and whether it is the default; None where SLURM does not answer."""
+    if sinfo is None:
+        exe = shutil.which("sinfo")
+        if not exe:
+            return None
+        try:
+            proc = subprocess.run([exe, "-h", "-o", "%P|%c|%m|%G|%l|%f"], capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            return None
+        if proc.returncode != 0:
+            return None
+        sinfo = proc.stdout
+    parts: dict[str, dict[str, object]] = {}
+    for line in sinfo.splitlines():
+        if not line.strip():
+            continue
+        name, cpus, mem, gres, limit, feats = line.split("|")
+        p = parts.setdefault(name.rstrip("*"), {"cpus": 0, "mem_mb": 0, "gpus": 0, "minutes": _minutes(limit),
+                                                "features": set(), "default": name.endswith("*")})
+        p["cpus"] = max(int(p["cpus"]), int(cpus.rstrip("+")))  # type: ignore[call-overload]
+        p["mem_mb"] = max(int(p["mem_mb"]), int(mem.rstrip("+")))  # type: ignore[call-overload]
+        gpus = sum(int(g.group(1)) for g in re.finditer(r"gpu(?::[\w.-]+)?:(\d+)", gres))
+        p["gpus"] = max(int(p["gpus"]), gpus)  # type: ignore[call-overload]
+        p["features"] |= {f for f in feats.split(",") if f and f != "(null)"}  # type: ignore[operator]
+    return parts
+
+
+def _num(v: object) -> float:
+    try:
+        return float(str(v))
+    except ValueError:
+        return 0.0
+
+
+def submissions(jobs: pd.DataFrame) -> list[dict[str, object]]:
+    """What each sbatch would ask for: a job alone, or a group job with its members' CPUs, memory and
+    GPUs summed (they run side by side) and the longest wall time."""
+    out = []
+    for col in RESOURCE_KEYS:
+        if col not in jobs:
+            jobs = jobs.assign(**{col: None})
+    for group, grp in jobs.groupby(jobs["group"].where(jobs["group"] != "", jobs.index.astype(str)), sort=False):
+        first = grp.iloc[0]
+        cpus = [max(_num(r["threads"]), _num(r["cpus_per_task"])) for _, r in grp.iterrows()]
+        out.append({"what": f"group job {str(group).split('#')[0]} ({len(grp)} jobs)" if first["group"] else
+                    f"rule {first['rule']}" + (f" ({first['wildcards']})" if first["wildcards"] else ""),
+                    "rule": first["rule"], "partition": first["slurm_partition"], "constraint": first["constraint"],
+                    "cpus": sum(cpus), "mem_mb": sum(_num(v) for v in grp["mem_mb"]),
+                    "gpu": sum(_num(v) for v in grp["gpu"]), "runtime": max(_num(v) for v in grp["runtime"])})
+    return out
+
+
+def check_against_cluster(jobs: pd.DataFrame, parts: dict[str, dict[str, object]]) -> list[str]:
+    """Every reason a planned submission could never start on this cluster (one line per rule and problem)."""
+    problems: dict[str, str] = {}
+    default = next((n for n, p in parts.items() if p["default"]), None)
+    for _, r in jobs[jobs["unknown_resources"] != ""].iterrows() if "unknown_resources" in jobs else []:
+        for k in str(r["unknown_resources"]).split(","):
+            problems.setdefault(f"res:{r['rule']}:{k}", f"rule {r['rule']}: resource {k!r} is unknown to the slurm "
+                                f"executor (a typo in the profile's set-resources?)")
+    for sub in submissions(jobs):
+        name = sub["partition"] if isinstance(sub["partition"], str) and sub["partition"] else default
+        key = f"{sub['rule']}:{name}"
+        if name not in parts:
+            problems.setdefault(key + ":partition", f"{sub['what']}: partition {name!r} does not exist "
+                                f"(sinfo lists: {', '.join(sorted(parts))})")
+            continue
+        p = parts[name]
+        checks = [("cpus", "CPUs", sub["cpus"]), ("mem_mb", "MB of memory", sub["mem_mb"]), ("gpus", "GPUs", sub["gpu"])]
+        for field, unit, want in checks:
+            if float(want) > float(p[field]):  # type: ignore[arg-type]
+                problems.setdefault(f"{key}:{field}", f"{sub['what']}: asks for {want:g} {unit}, the largest node of "
+                                    f"partition {name!r} has {p[field]}")
+        if float(sub["runtime"]) > float(p["minutes"]):  # type: ignore[arg-type]
+            problems.setdefault(f"{key}:time", f"{sub['what']}: runtime {sub['runtime']:g} min exceeds partition "
+                                f"{name!r}'s limit of {p['minutes']:g} min")
+        con = sub["constraint"]
+        if isinstance(con, str) and con:
+            missing = set(re.split(r"[&|,]", con)) - p["features"]  # type: ignore[operator]
+            if missing:
+                problems.setdefault(f"{key}:constraint", f"{sub['what']}: constraint {con!r}: no node of partition "
+                                    f"{name!r} has feature(s) {', '.join(sorted(missing))}")
+    return list(problems.values())
 
 
 def summarise(jobs: pd.DataFrame) -> pd.DataFrame:
@@ -50,14 +175,14 @@ def summarise(jobs: pd.DataFrame) -> pd.DataFrame:
     for rule, grp in jobs.groupby("rule", sort=False):
         row: dict[str, object] = {"rule": rule, "jobs": len(grp)}
         for k in RESOURCE_KEYS:
-            if k in grp:
+            if k in grp and grp[k].notna().any():
                 vals = sorted({str(v) for v in grp[k].dropna()})
                 row[k] = "/".join(vals) if vals else ""
         out.append(row)
     return pd.DataFrame(out).fillna("")
 
 
-def run(smk_args: list[str], graphs: str | None = None) -> pd.DataFrame:
+def run(smk_args: list[str], graphs: str | None = None, check: bool = True) -> pd.DataFrame:
     snakemake = [sys.executable, "-m", "snakemake"]
     # the checkpoints that decide the DAG: header index, selection, split (no pixel data read)
     subprocess.run([*snakemake, *smk_args, "--cores", "2", "results/splits.json"], check=True,
@@ -71,7 +196,14 @@ def run(smk_args: list[str], graphs: str | None = None) -> pd.DataFrame:
     jobs = parse_dry_run(proc.stdout + proc.stderr)
     cheap = parse_dry_run(subprocess.run([*snakemake, *smk_args, "--dry-run", "--forceall", "results/splits.json"],
                                          capture_output=True, text=True, check=True).stdout)
-    table = summarise(pd.concat([cheap, jobs], ignore_index=True))
+    every = pd.concat([cheap, jobs], ignore_index=True)
+    table = summarise(every)
+    parts = cluster() if check and "slurm_partition" in every else None
+    if parts is not None:
+        problems = check_against_cluster(every, parts)
+        if problems:
+            raise PlanError("the plan cannot run on this cluster (sinfo):\n  " + "\n  ".join(problems) +
+                            "\n" + table.to_string(index=False))
     if graphs:
         out = Path(graphs)
         out.mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,8 @@ def output_checksums(results: str | Path) -> dict[str, str]:
     root = Path(results)
     out = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name not in SKIP_OUTPUTS and "checkpoints" not in p.relative_to(root).parts \
+        parts = p.relative_to(root).parts
+        if p.is_file() and p.name not in SKIP_OUTPUTS and "checkpoints" not in parts and parts[0] != "repro" \
                 and not p.name.startswith("."):
             out[str(p)] = sha256_file(p)
     return out

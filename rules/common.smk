@@ -1,6 +1,7 @@
 # Shared helpers and input functions. Everything that reads the cohort goes through the two
 # global checkpoints (select, split): the cohort is discovered once, never per subject.
 import json
+import os
 import re
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from snakemake.utils import validate
 
 from cohortseg.codehash import stage_hash
 from cohortseg.config import check_semantics, section_hash
+from cohortseg.prepare import CONFIG_SECTIONS as PREPARE_SECTIONS, shard_of, shards
 
 validate(config, "../config/config.schema.yaml", set_default=True)
 check_semantics(config)
@@ -16,20 +18,22 @@ check_semantics(config)
 PRIV = config["private_dir"].rstrip("/")
 N_FOLDS = config["split"]["folds"]
 RES = config["resources"]
-SUBJECT_RE = re.escape(config["pseudonym"]["prefix"]) + "[0-9a-f]+"
+PREFIX = config["pseudonym"]["prefix"]
+DIGITS = config["prepare"]["shard_digits"]
+SUBJECT_RE = re.escape(PREFIX) + "[0-9a-f]+"
 
 
 wildcard_constraints:
     subject=SUBJECT_RE,
     fold=r"\d+",
+    shard=f"[0-9a-f]{{{DIGITS}}}",
 
 
 # config sections each stage reads: a change there reruns the stage (params trigger)
 STAGE_CONFIG = {
     "index": ["dicom_dir", "masks", "private_dir", "pseudonym", "index"],
     "select": ["select"],
-    "convert": ["convert", "labels"],
-    "preprocess": ["preprocess", "labels"],
+    "prepare": list(PREPARE_SECTIONS),
     "split": ["split", "seed"],
     "train": ["train", "preprocess", "labels", "seed", "deterministic"],
     "ensemble": ["split"],
@@ -37,6 +41,7 @@ STAGE_CONFIG = {
     "metrics": ["labels"],
     "report": ["report"],
     "provenance": sorted(config),
+    "repro": sorted(config),
 }
 
 
@@ -45,8 +50,41 @@ def fingerprint(stage):
     return f"{stage_hash(stage)}-{section_hash(config, *STAGE_CONFIG[stage])}"
 
 
+_CACHE = {}
+
+
+def _cached(name, path, read):
+    """Read a checkpoint output once per DAG build (input functions run once per job)."""
+    key = (name, str(path), os.stat(path).st_mtime_ns)
+    if key not in _CACHE:
+        _CACHE[key] = read(path)
+    return _CACHE[key]
+
+
 def included_table():
-    return pd.read_csv(checkpoints.select.get().output.included, sep="\t", dtype={"subject": str})
+    return _cached("included", checkpoints.select.get().output.included,
+                   lambda p: pd.read_csv(p, sep="\t", dtype={"subject": str}))
+
+
+def shard_subjects():
+    """{shard: [subjects]} of the included subjects (prepare.shard_digits hex digits of the pseudonym)."""
+    return _cached("shards", checkpoints.select.get().output.included,
+                   lambda p: shards(list(included_table()["subject"]), PREFIX, DIGITS))
+
+
+def prepared(subjects):
+    """The shard manifests that prove ``subjects`` are converted (and, if labelled, preprocessed)."""
+    return sorted({f"results/prepared/{shard_of(s, PREFIX, DIGITS)}.json" for s in subjects})
+
+
+def ensemble_shards():
+    """{shard: [subjects]} of the subjects the ensemble predicts (test + unlabelled)."""
+    return _cached("ensemble_shards", checkpoints.split.get().output.splits,
+                   lambda p: shards(ensemble_subjects(), PREFIX, DIGITS))
+
+
+def ensemble_prediction(subject):
+    return f"results/predictions/shards/{shard_of(subject, PREFIX, DIGITS)}.json"
 
 
 def labelled_subjects():
@@ -55,8 +93,7 @@ def labelled_subjects():
 
 
 def splits():
-    with open(checkpoints.split.get().output.splits) as fh:
-        return json.load(fh)
+    return _cached("splits", checkpoints.split.get().output.splits, lambda p: json.loads(Path(p).read_text()))
 
 
 def fold_subjects(fold):
@@ -66,14 +103,6 @@ def fold_subjects(fold):
 
 def fold_val(fold):
     return splits()["folds"][int(fold)]["val"]
-
-
-def preproc_inputs(wildcards):
-    subs = fold_subjects(wildcards.fold)
-    return {
-        "images": [f"results/preproc/{s}/image.nii" for s in subs],
-        "labels": [f"results/preproc/{s}/label.nii" for s in subs],
-    }
 
 
 def fold_models():
@@ -114,8 +143,8 @@ def metrics_inputs(wildcards):
     pairs = prediction_pairs()
     return {
         "fold_preds": [f"results/predictions/fold{k}" for k in range(N_FOLDS)],
-        "ensemble_preds": [f"results/predictions/{m}/{s}.nii.gz" for m, s in pairs if m == "ensemble"],
-        "refs": [f"results/nifti/{s}/label.nii.gz" for m, s in pairs],
+        "ensemble_preds": sorted({ensemble_prediction(s) for m, s in pairs if m == "ensemble"}),
+        "refs": prepared([s for m, s in pairs]),
         "train_info": [f"results/models/fold{k}/train.json" for k in range(N_FOLDS)],
     }
 
@@ -137,7 +166,7 @@ def all_outputs(wildcards):
         "results/report/dice.png",
     ]
     targets += [f"results/models/fold{k}/curves.png" for k in range(N_FOLDS)]
-    targets += [f"results/predictions/ensemble/{s}.nii.gz" for s in ensemble_subjects()]
+    targets += [f"results/predictions/shards/{shard}.json" for shard in ensemble_shards()]
     targets += [f"results/report/overlays/{s}.png" for s in overlay_subjects()]
     targets += [f"results/predictions_external/{c}/{k}.nii.gz" for c, k in external_cases()]
     return targets

@@ -1,7 +1,7 @@
 rule infer_fold:
     """A fold's model on its validation subjects (cross-validation), in source space; one job per fold."""
     input:
-        images=lambda wc: [f"results/nifti/{s}/image.nii.gz" for s in fold_val(wc.fold)],
+        prepared=lambda wc: prepared(fold_val(wc.fold)),
         models=["results/models/fold{fold}/model.pt"],
     output:
         preds=directory("results/predictions/fold{fold}"),
@@ -9,6 +9,7 @@ rule infer_fold:
         code=fingerprint("infer"),
         name="fold{fold}",
         cases=lambda wc: fold_val(wc.fold),
+        images=lambda wc: [f"results/nifti/{s}/image.nii.gz" for s in fold_val(wc.fold)],
         manifest=None,
     log:
         "logs/infer/fold{fold}.log",
@@ -23,25 +24,27 @@ rule infer_fold:
 
 
 rule infer_ensemble:
-    """The fold ensemble (averaged probabilities) on test and unlabelled subjects, in source space."""
+    """The fold ensemble (averaged probabilities) on the test and unlabelled subjects of a shard, in
+    source space: results/predictions/ensemble/<subject>.nii.gz (+ .json), listed in the shard's manifest."""
     input:
-        image="results/nifti/{subject}/image.nii.gz",
+        prepared=lambda wc: prepared(ensemble_shards()[wc.shard]),
         manifest="results/models/ensemble.json",
         models=fold_models(),
     output:
-        pred="results/predictions/ensemble/{subject}.nii.gz",
-        info="results/predictions/ensemble/{subject}.json",
+        done="results/predictions/shards/{shard}.json",
     params:
         code=fingerprint("infer"),
         name="ensemble",
-        cases=lambda wc: [wc.subject],
+        cases=lambda wc: ensemble_shards()[wc.shard],
+        images=lambda wc: [f"results/nifti/{s}/image.nii.gz" for s in ensemble_shards()[wc.shard]],
+        folder="results/predictions/ensemble",
         manifest=lambda wc, input: input.manifest,
     log:
-        "logs/infer/ensemble/{subject}.log",
+        "logs/infer/ensemble/{shard}.log",
     threads: RES["infer_threads"]
     resources:
         mem_mb=RES["infer_mem_mb"],
-        runtime=30,
+        runtime=lambda wc, attempt: attempt * (10 + 2 * len(ensemble_shards()[wc.shard])),
     conda:
         "../envs/torch.yaml"
     script:
@@ -61,6 +64,7 @@ rule infer_external:
         code=fingerprint("infer"),
         name="ensemble",
         cases=lambda wc: [f"{wc.cohort}/{wc.case}"],
+        images=lambda wc, input: [input.image],
         manifest=lambda wc, input: input.manifest,
     log:
         "logs/infer_external/{cohort}/{case}.log",

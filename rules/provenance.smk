@@ -2,7 +2,7 @@ rule provenance:
     """Versions, git state, config and hash, input checksums, hardware, SHA-256 of every output."""
     input:
         outputs=all_outputs,
-        sidecars=lambda wc: [f"results/nifti/{s}/image.json" for s in included_table()["subject"]],
+        prepared=lambda wc: prepared(included_table()["subject"]),
         masks=f"{PRIV}/masks.json",
     output:
         manifest=report(
@@ -12,6 +12,7 @@ rule provenance:
         ),
     params:
         code=fingerprint("provenance"),
+        sidecars=lambda wc: [f"results/nifti/{s}/image.json" for s in included_table()["subject"]],
     log:
         "logs/provenance.log",
     resources:

@@ -47,9 +47,8 @@ rule dice_chart:
 rule overlay:
     """Ensemble prediction (red) and reference (green) on the source image of a test subject."""
     input:
-        image="results/nifti/{subject}/image.nii.gz",
-        reference="results/nifti/{subject}/label.nii.gz",
-        prediction="results/predictions/ensemble/{subject}.nii.gz",
+        prepared=lambda wc: prepared([wc.subject]),
+        predicted=lambda wc: ensemble_prediction(wc.subject),
     output:
         png=report(
             "results/report/overlays/{subject}.png",
@@ -59,6 +58,9 @@ rule overlay:
         ),
     params:
         code=fingerprint("report"),
+        image="results/nifti/{subject}/image.nii.gz",
+        reference="results/nifti/{subject}/label.nii.gz",
+        prediction="results/predictions/ensemble/{subject}.nii.gz",
     log:
         "logs/report/overlay/{subject}.log",
     resources:

@@ -1,7 +1,7 @@
 rule train:
     """One fold: model, per-epoch history, curves; checkpoints in results/checkpoints (resumable)."""
     input:
-        unpack(preproc_inputs),
+        prepared=lambda wc: prepared(fold_subjects(wc.fold)),
         splits="results/splits.json",
     output:
         model="results/models/fold{fold}/model.pt",
@@ -21,7 +21,8 @@ rule train:
     threads: RES["train_threads"]
     resources:
         mem_mb=lambda wc, attempt: RES["train_mem_mb"] * attempt,
-        runtime=RES["train_runtime_min"],
+        # a retry after the wall time resumes from the checkpoint, with twice (three times...) the time
+        runtime=lambda wc, attempt: RES["train_runtime_min"] * attempt,
         gpu=RES["gpus_train"],
     conda:
         "../envs/torch.yaml"

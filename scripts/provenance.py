@@ -3,4 +3,4 @@ from cohortseg.smk import setup
 
 cfg = setup(snakemake)
 i = snakemake.input
-build(cfg, list(i.sidecars), i.masks, "results", snakemake.output.manifest)
+build(cfg, list(snakemake.params.sidecars), i.masks, "results", snakemake.output.manifest)

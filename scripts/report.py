@@ -2,10 +2,10 @@ from cohortseg import report
 from cohortseg.smk import setup
 
 setup(snakemake)
-i, o = snakemake.input, snakemake.output
+i, o, p = snakemake.input, snakemake.output, snakemake.params
 if snakemake.rule == "selection_chart":
     report.selection_chart(i.summary, o.png)
 elif snakemake.rule == "dice_chart":
     report.dice_chart(i.cases, o.png)
 else:
-    report.overlay(i.image, i.reference, i.prediction, o.png, f"ensemble, {snakemake.wildcards.subject}")
+    report.overlay(p.image, p.reference, p.prediction, o.png, f"ensemble, {snakemake.wildcards.subject}")

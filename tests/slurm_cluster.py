@@ -62,7 +62,7 @@ ReturnToService=2
 MpiDefault=none
 NodeName={host} CPUs={cpus} RealMemory={mem_mb} Gres=gpu:2 State=UNKNOWN
 PartitionName=cpu Nodes={host} Default=YES MaxTime=INFINITE State=UP
-PartitionName=gpu Nodes={host} MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes={host} MaxTime=04:00:00 State=UP
 """
 
 

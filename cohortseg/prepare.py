@@ -1,0 +1,180 @@
+"""The per-subject steps in shards: DICOM conversion, mask import and preprocessing.
+
+Why shards. Snakemake spends a few milliseconds per job building its DAG, so one job per subject and
+per step gives a 10,000-subject cohort 30,000 jobs and minutes of planning before the first job
+starts (benchmarks/bench_plan.py). A *shard* is the set of subjects whose pseudonym starts with the
+same ``prepare.shard_digits`` hex digits: at most 16^N jobs whatever the cohort size, and a subject
+never changes shard when others are added or removed. A shard job prepares its subjects in parallel
+(its ``threads``) and keeps per-subject reruns cheap: each subject has a stamp (hash of the stage's
+code and config, its selected series' row, the size and mtime of its DICOM files and mask) and a
+subject whose stamp and outputs are unchanged is skipped, so a rerun of a shard redoes only what
+changed. ``cohortseg prepare SUBJECT`` redoes one subject; ``snakemake --forcerun prepare``
+re-checks every shard (and redoes only subjects whose stamp is stale or whose files are gone).
+
+A subject that fails is reported with its pseudonym and reason; the other subjects of the shard are
+still prepared, then the shard job fails (its manifest is the proof that all its subjects are ready).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .util import read_tsv, write_json, write_text
+
+log = logging.getLogger(__name__)
+STAMP = ".prepare-stamp"
+# the config sections the stage reads: part of the rule's params and of every subject's stamp
+CONFIG_SECTIONS = ("convert", "preprocess", "labels", "prepare")
+
+
+def fingerprint(cfg: dict[str, Any]) -> str:
+    """The stage's code hash and config hash: the same for ``snakemake`` and ``cohortseg prepare``."""
+    from .codehash import stage_hash
+    from .config import section_hash
+
+    return f"{stage_hash('prepare')}-{section_hash(cfg, *CONFIG_SECTIONS)}"
+
+
+def shard_of(subject: str, prefix: str, digits: int) -> str:
+    """The shard of a pseudonymous subject id: the first ``digits`` hex digits after the prefix."""
+    return subject[len(prefix): len(prefix) + digits]
+
+
+def shards(subjects: list[str], prefix: str, digits: int) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for s in sorted(subjects):
+        out.setdefault(shard_of(s, prefix, digits), []).append(s)
+    return out
+
+
+def subject_files(subject: str, nifti_dir: str | Path = "results/nifti", preproc_dir: str | Path = "results/preproc",
+                  labelled: bool = True) -> dict[str, str]:
+    """Every file ``prepare`` writes for a subject (labelled subjects also get a label and preprocessed data)."""
+    n, p = Path(nifti_dir) / subject, Path(preproc_dir) / subject
+    files = {"image": n / "image.nii.gz", "sidecar": n / "image.json"}
+    if labelled:
+        files |= {"label": n / "label.nii.gz", "preproc_image": p / "image.nii", "preproc_label": p / "label.nii",
+                  "preproc_info": p / "info.json"}
+    return {k: str(v) for k, v in files.items()}
+
+
+def _stat(path: str) -> list[Any]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def subject_key(code: str, row: dict[str, Any], files: list[str], mask: str | None) -> str:
+    """Stamp of a subject's inputs: code/config fingerprint, selected row, size and mtime of every input file.
+
+    Only the digest is stored: the input paths name patients and never reach results/."""
+    h = hashlib.sha256()
+    h.update(json.dumps([code, {k: str(v) for k, v in sorted(row.items())}], sort_keys=True).encode())
+    for f in files:
+        h.update(json.dumps(_stat(f)).encode())
+    h.update(json.dumps(_stat(mask) if mask else None).encode())
+    return h.hexdigest()
+
+
+def _scrub(msg: str, paths: list[str]) -> str:
+    """Remove input paths (which may carry patient names) from an error message."""
+    for p in sorted({q for f in paths for q in (f, os.path.dirname(f)) if q and q != "/"}, key=len, reverse=True):
+        msg = msg.replace(p, "<input>")
+    return msg
+
+
+def prepare_subject(cfg: dict[str, Any], code: str, subject: str, row: dict[str, Any], files: list[str],
+                    mask: str | None, nifti_dir: str | Path = "results/nifti",
+                    preproc_dir: str | Path = "results/preproc", force: bool = False) -> dict[str, Any]:
+    """Convert, import the mask and preprocess one subject unless its stamp says it is up to date."""
+    from .convert import convert_subject, mask_subject
+    from .preprocess import run as preprocess
+
+    t0 = time.time()
+    out = subject_files(subject, nifti_dir, preproc_dir, labelled=mask is not None)
+    try:
+        key = subject_key(code, row, files, mask)
+    except OSError as exc:
+        return {"status": "failed", "reason": _scrub(f"input not readable: {exc}", files + [mask or ""])}
+    stamp = Path(nifti_dir) / subject / STAMP
+    if not force and stamp.exists() and stamp.read_text() == key and all(os.path.exists(p) for p in out.values()):
+        return {"status": "ok", "skipped": True, "seconds": 0.0, "files": out}
+    stamp.unlink(missing_ok=True)
+    try:
+        convert_subject(cfg, subject, row, files, out["image"], out["sidecar"])
+        if mask is not None:
+            mask_subject(cfg, subject, out["image"], mask, out["label"])
+            preprocess(cfg, subject, out["image"], out["label"], out["preproc_image"], out["preproc_label"],
+                       out["preproc_info"])
+    except Exception as exc:  # one subject's failure is reported; the shard's others go on
+        reason = _scrub(f"{type(exc).__name__}: {exc}", files + [mask or ""])
+        log.error("%s: failed: %s", subject, reason)
+        log.debug("%s", _scrub(traceback.format_exc(), files + [mask or ""]))
+        return {"status": "failed", "reason": reason}
+    write_text(stamp, key)
+    return {"status": "ok", "skipped": False, "seconds": round(time.time() - t0, 3), "files": out}
+
+
+def _worker(args: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
+    from .util import set_threads
+
+    set_threads(1)
+    return args[2], prepare_subject(*args)
+
+
+def run(cfg: dict[str, Any], shard: str, included_tsv: str | Path, series_files_json: str | Path,
+        masks_json: str | Path, manifest_out: str | Path | None, code: str, threads: int = 1,
+        nifti_dir: str | Path = "results/nifti", preproc_dir: str | Path = "results/preproc",
+        only: list[str] | None = None, force: bool = False) -> dict[str, Any]:
+    """Prepare every subject of ``shard`` (or just ``only``); write the shard manifest if all succeeded.
+
+    ``manifest_out`` None: prepare without writing a manifest (``cohortseg prepare SUBJECT``)."""
+    inc = read_tsv(included_tsv)
+    prefix, digits = cfg["pseudonym"]["prefix"], cfg["prepare"]["shard_digits"]
+    inc = inc[[shard_of(s, prefix, digits) == shard for s in inc["subject"]]]
+    if only:
+        unknown = sorted(set(only) - set(inc["subject"]))
+        if unknown:
+            raise ValueError(f"not included subjects of shard {shard}: {', '.join(unknown)}")
+        inc = inc[inc["subject"].isin(only)]
+    if inc.empty:
+        raise ValueError(f"shard {shard!r} has no included subject in {included_tsv}")
+    series_files = json.loads(Path(series_files_json).read_text())
+    masks = json.loads(Path(masks_json).read_text())
+    jobs = [(cfg, code, r["subject"], r, series_files[r["series"]], masks.get(r["subject"]), nifti_dir, preproc_dir,
+             force) for r in inc.to_dict("records")]
+    t0 = time.time()
+    results: dict[str, dict[str, Any]] = {}
+    if threads > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(min(threads, len(jobs)), mp_context=mp.get_context("fork")) as pool:
+            for subject, res in pool.map(_worker, jobs):
+                results[subject] = res
+    else:
+        for j in jobs:
+            results[j[2]] = prepare_subject(*j)
+    for s, r in results.items():
+        if r["status"] == "ok":
+            log.info("%s: %s in %.1f s", s, "up to date" if r["skipped"] else "prepared", r["seconds"])
+    failed = {s: r["reason"] for s, r in results.items() if r["status"] != "ok"}
+    # the manifest records the shard's state (bitwise the same whatever was redone); counts and times go to the log
+    manifest = {"shard": shard, "n_subjects": len(results), "code": code,
+                "subjects": {s: r["files"] for s, r in sorted(results.items()) if r["status"] == "ok"}}
+    n_prepared = sum(not r.get("skipped", True) for r in results.values())
+    if failed:
+        lines = "\n".join(f"  {s}: {why}" for s, why in sorted(failed.items()))
+        raise RuntimeError(f"shard {shard}: {len(failed)} of {len(results)} subjects failed (the others are "
+                           f"prepared; fix and rerun, only these are redone):\n{lines}")
+    if manifest_out is not None:
+        write_json(manifest_out, manifest)
+    log.info("shard %s: %d subjects, %d prepared, %d up to date, %.1f s", shard, manifest["n_subjects"],
+             n_prepared, manifest["n_subjects"] - n_prepared, time.time() - t0)
+    return {**manifest, "n_prepared": n_prepared}

@@ -1,0 +1,432 @@
+"""Reproducibility audit: re-execute chosen stages in separate output trees and measure what differs.
+
+An *execution* is a Snakemake run of the workflow in a folder of its own under ``repro.dir``, with the
+same config, study key and inputs as the main run; ``repro.runs`` executions use the first thread count
+of ``repro.threads``, and one more execution runs with each further thread count. Two modes:
+
+- ``isolated`` (default): each chosen stage is re-executed alone, on the main run's outputs of the stages
+  before it (hard links, never written to), so a difference is that stage's own: e.g. inference is
+  judged on the main run's models even where training differs across thread counts.
+- ``chain``: every stage from the first chosen one to the last is re-executed end to end, so differences
+  propagate as they would in a rerun of the study; the metrics' test-retest variability then measures
+  their effect on the results.
+
+Nothing of the main run is written: each tree is a workflow folder of its own, with its own ``private/``
+(a copy of the study key and the private maps, mode 600), and an existing tree is an error.
+
+Per stage the audit reports whether every output is bitwise identical (SHA-256) across executions with
+the same threads and across thread counts. Fields that record the execution rather than its result (wall
+times, thread counts, machine) are taken out of JSON and TSV outputs before hashing; the audit counts
+the files concerned (``timing_fields_excluded``). Where outputs differ, it measures by how much: max abs
+voxel difference of images, Dice between repeated segmentations, max abs difference of model weights and
+of numeric table columns. For the metrics, per model, label and metric: inter-execution SD against
+inter-subject SD and ICC(3,1) (two-way mixed, consistency, single execution; Shrout & Fleiss 1979), with
+an alert where the SD ratio exceeds ``repro.alert_ratio``.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .util import write_text, write_tsv
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+
+# stage -> (its rules, its outputs as globs in a tree), in DAG order
+STAGES: dict[str, tuple[list[str], list[str]]] = {
+    "index": (["index"], ["results/cohort/series.tsv", "results/cohort/subjects.tsv"]),
+    "select": (["select"], ["results/cohort/included.tsv", "results/cohort/excluded.tsv",
+                            "results/cohort/exclusion_summary.tsv", "results/cohort/summary.txt"]),
+    # split before prepare (both need only the selection): the DAG of a tree is then complete from
+    # prepare on, so `--until prepare` finds the prepare jobs
+    "split": (["split"], ["results/splits.json"]),
+    "prepare": (["prepare"], ["results/nifti/*/*", "results/preproc/*/*", "results/prepared/*"]),
+    "train": (["train"], ["results/models/fold*/*"]),
+    "ensemble": (["ensemble"], ["results/models/ensemble.json"]),
+    "infer": (["infer_fold", "infer_ensemble", "infer_external"],
+              ["results/predictions/*/*", "results/predictions_external/*/*"]),
+    "metrics": (["metrics"], ["results/metrics/*"]),
+    "report": (["selection_chart", "dice_chart", "overlay"], ["results/report/*.png", "results/report/overlays/*"]),
+}
+# private maps the index writes (copied for executions that start after it)
+PRIVATE_FILES = ("key", "series_files.json", "masks.json", "id_map.tsv", "file_map.tsv")
+# fields that record the execution, not its result
+VOLATILE = re.compile(r"seconds|^time$|_time$|wall|threads|^machine$|hostname|^date")
+
+
+class ReproError(ValueError):
+    """The audit was asked for something it cannot do."""
+
+
+def plan(cfg: dict[str, Any]) -> list[tuple[str, int]]:
+    """The executions: (name, threads)."""
+    r = cfg["repro"]
+    unknown = [s for s in r["stages"] if s not in STAGES]
+    if unknown:
+        raise ReproError(f"repro.stages: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
+    if r["runs"] < 2:
+        raise ReproError(f"repro.runs must be >= 2 to compare executions, got {r['runs']}")
+    threads = list(r["threads"])
+    execs = [(f"exec{i + 1}-t{threads[0]}", threads[0]) for i in range(r["runs"])]
+    execs += [(f"exec{r['runs'] + j + 1}-t{t}", t) for j, t in enumerate(threads[1:])]
+    return execs
+
+
+def stage_range(cfg: dict[str, Any]) -> list[str]:
+    """Every stage from the first chosen to the last chosen one (downstream stages are re-executed too)."""
+    order = list(STAGES)
+    idx = sorted(order.index(s) for s in cfg["repro"]["stages"])
+    return order[idx[0]: idx[-1] + 1]
+
+
+def _abs(path: str | None, base: Path) -> str | None:
+    return None if path is None else str((base / path).resolve())
+
+
+def execution_config(cfg: dict[str, Any], threads: int, main: Path) -> dict[str, Any]:
+    """The main run's config with absolute input paths, the tree's own private/ and ``threads`` everywhere."""
+    c = copy.deepcopy(cfg)
+    c["dicom_dir"] = _abs(c["dicom_dir"], main)
+    c["masks"]["dir"] = _abs(c["masks"].get("dir"), main)
+    c["private_dir"] = "private"
+    c["infer"]["cohorts"] = {k: _abs(v, main) for k, v in c["infer"]["cohorts"].items()}
+    if c["split"].get("file"):
+        c["split"]["file"] = _abs(c["split"]["file"], main)
+    c["index"]["threads"] = threads
+    for k in ("light_threads", "train_threads", "infer_threads"):
+        c["resources"][k] = threads
+    return c
+
+
+def tree_files(tree: Path, stage: str) -> list[str]:
+    out: set[str] = set()
+    for pattern in STAGES[stage][1]:
+        out.update(os.path.relpath(p, tree) for p in glob.glob(str(tree / pattern)) if os.path.isfile(p))
+    return sorted(f for f in out if not os.path.basename(f).startswith("."))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # the main run's file, read only by the execution (writers replace, never modify)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def execute(cfg: dict[str, Any], name: str, threads: int, main: Path, trees: Path, stages: list[str],
+            snakefile: Path = REPO / "Snakefile", cores: int = 1) -> Path:
+    """One execution of ``stages`` (consecutive) in ``trees/name`` on the main run's earlier outputs."""
+    main_private = (main / cfg["private_dir"]).resolve()
+    tree = trees / name
+    before = list(STAGES)[: list(STAGES).index(stages[0])]
+    tree.mkdir(parents=True)
+    # the study key and the main run's private maps (mtimes kept: nothing upstream looks newer), in the
+    # tree's own private/ (outside its results/, like the main run's; same config in every execution)
+    private = tree / "private"
+    private.mkdir(mode=0o700)
+    for f in PRIVATE_FILES:
+        src = main_private / f
+        if not src.exists():
+            continue
+        if f in ("series_files.json", "masks.json"):  # input paths relative to the main run: made absolute
+            data = json.loads(src.read_text())
+            data = {k: [_abs(p, main) for p in v] if isinstance(v, list) else _abs(v, main) for k, v in data.items()}
+            (private / f).write_text(json.dumps(data))
+            st = src.stat()
+            os.utime(private / f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        else:
+            shutil.copy2(src, private / f)
+        os.chmod(private / f, 0o600)
+    (tree / "config").mkdir()
+    shutil.copy2(REPO / "config" / "config.yaml", tree / "config" / "config.yaml")
+    ecfg = execution_config(cfg, threads, main)
+    ecfg.pop("repro", None)
+    import yaml
+
+    (tree / "config" / "repro.yaml").write_text(yaml.safe_dump(ecfg, sort_keys=True))
+    for stage in before:
+        files = tree_files(main, stage)
+        if not files:
+            raise ReproError(f"the main run has no outputs of stage {stage!r} under {main}/results: run the workflow "
+                             f"first, or include {stage!r} in repro.stages")
+        for f in files:
+            _link_or_copy(main / f, tree / f)
+    first, last = STAGES[stages[0]][0], STAGES[stages[-1]][0]
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(tree),
+           # all cores for independent jobs side by side; each job's threads are the execution's `threads`
+           "--configfile", str(tree / "config" / "repro.yaml"), "--cores", str(max(threads, cores)),
+           "--rerun-triggers", "mtime",
+           "--forcerun", *first, "--until", *last, "--quiet", "rules"]
+    # bytecode cached for all executions (some machines set PYTHONDONTWRITEBYTECODE: seconds per start)
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+           "PYTHONPYCACHEPREFIX": str(trees / ".pycache"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    log.info("%s: stages %s with %d thread(s)", name, "..".join(dict.fromkeys([stages[0], stages[-1]])), threads)
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    (tree / "snakemake.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"execution {name} failed (log: {tree / 'snakemake.log'}):\n{proc.stderr[-3000:]}")
+    if "Nothing to be done" in proc.stdout + proc.stderr:
+        raise RuntimeError(f"execution {name} ran no job (log: {tree / 'snakemake.log'})")
+    return tree
+
+
+def canonical(path: Path) -> tuple[bytes, bool]:
+    """The bytes compared: JSON and TSV without the volatile fields; (bytes, whether any were removed)."""
+    if path.suffix == ".json":
+        removed = [False]
+
+        def strip(o: Any) -> Any:
+            if isinstance(o, dict):
+                keep = {k: strip(v) for k, v in o.items() if not VOLATILE.search(str(k))}
+                removed[0] |= len(keep) != len(o)
+                return keep
+            if isinstance(o, list):
+                return [strip(v) for v in o]
+            return o
+
+        data = strip(json.loads(path.read_text()))
+        return json.dumps(data, sort_keys=True).encode(), removed[0]
+    if path.suffix == ".tsv":
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        drop = [c for c in df.columns if VOLATILE.search(c)]
+        buf = io.StringIO()
+        df.drop(columns=drop).to_csv(buf, sep="\t", index=False)
+        return buf.getvalue().encode(), bool(drop)
+    return path.read_bytes(), False
+
+
+def digest(path: Path) -> tuple[str, bool]:
+    data, removed = canonical(path)
+    return hashlib.sha256(data).hexdigest(), removed
+
+
+def difference(a: Path, b: Path) -> dict[str, float]:
+    """How much two differing outputs differ: voxels, segmentations, weights or table values."""
+    name = a.name
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            x, y = np.asarray(nib.load(str(a)).dataobj), np.asarray(nib.load(str(b)).dataobj)
+            if x.shape != y.shape:
+                return {"shape_differs": 1.0}
+            out = {"max_abs_diff": float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)), initial=0.0))}
+            if np.issubdtype(x.dtype, np.integer) and max(len(np.unique(x)), len(np.unique(y))) <= 64:
+                dices = []
+                for v in sorted((set(np.unique(x)) | set(np.unique(y))) - {0}):
+                    px, py = x == v, y == v
+                    den = px.sum() + py.sum()
+                    dices.append(1.0 if den == 0 else 2.0 * float((px & py).sum()) / float(den))
+                if dices:
+                    out["dice"] = float(min(dices))
+            return out
+        if name.endswith(".pt"):
+            import torch
+
+            sa = torch.load(a, weights_only=True, map_location="cpu")["state_dict"]
+            sb = torch.load(b, weights_only=True, map_location="cpu")["state_dict"]
+            diffs = [float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if k in sb and sa[k].numel()]
+            return {"max_abs_diff": max(diffs, default=0.0)}
+        if name.endswith(".tsv"):
+            x, y = pd.read_csv(a, sep="\t"), pd.read_csv(b, sep="\t")
+            cols = [c for c in x.select_dtypes("number").columns if c in y and not VOLATILE.search(c)]
+            if len(x) != len(y) or not cols:
+                return {}
+            return {"max_abs_diff": float(np.nanmax(np.abs(x[cols].to_numpy(float) - y[cols].to_numpy(float)),
+                                                    initial=0.0))}
+    except Exception as exc:  # a measurement, never a reason to stop the audit
+        log.warning("cannot measure the difference of %s: %s", name, exc)
+    return {}
+
+
+def icc_3_1(data: np.ndarray) -> float:
+    """ICC(3,1) of an n subjects x k executions matrix: (MS_R - MS_E) / (MS_R + (k - 1) MS_E)."""
+    n, k = data.shape
+    grand = data.mean()
+    ss_rows = k * ((data.mean(axis=1) - grand) ** 2).sum()
+    ss_cols = n * ((data.mean(axis=0) - grand) ** 2).sum()
+    ss_err = ((data - grand) ** 2).sum() - ss_rows - ss_cols
+    ms_r = ss_rows / (n - 1)
+    ms_e = ss_err / ((n - 1) * (k - 1))
+    den = ms_r + (k - 1) * ms_e
+    return float("nan") if den <= 0 else float((ms_r - ms_e) / den)
+
+
+def metric_variability(trees: list[Path], threshold: float) -> pd.DataFrame:
+    """Per model, label and metric: inter-execution SD, inter-subject SD, their ratio, ICC(3,1), alert."""
+    from .metrics import METRICS
+
+    tables = []
+    for i, t in enumerate(trees):
+        p = t / "results" / "metrics" / "cases.tsv"
+        if p.exists():
+            tables.append(pd.read_csv(p, sep="\t").assign(execution=i))
+    if len(tables) < 2:
+        return pd.DataFrame()
+    cases = pd.concat(tables, ignore_index=True)
+    rows = []
+    for (model, label), g in cases.groupby(["model", "label"], sort=True):
+        for m in [m for m in METRICS if m in g]:
+            wide = g.pivot_table(index="subject", columns="execution", values=m, aggfunc="first").dropna()
+            if len(wide) < 2 or wide.shape[1] < 2:
+                continue
+            x = wide.to_numpy(float)
+            within = float(np.sqrt(np.mean(np.var(x, axis=1, ddof=1))))
+            between = float(np.std(x.mean(axis=1), ddof=1))
+            ratio = within / between if between > 0 else (0.0 if within == 0 else float("inf"))
+            rows.append({"model": model, "label": label, "metric": m, "subjects": len(wide), "executions": x.shape[1],
+                         "inter_execution_sd": within, "inter_subject_sd": between, "sd_ratio": ratio,
+                         "icc_3_1": icc_3_1(x), "alert": bool(ratio > threshold)})
+    return pd.DataFrame(rows)
+
+
+def compare(trees: list[Path], threads: list[int], stages: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per file and per stage: identical across the same-thread executions and across thread counts."""
+    ref, ref_threads = trees[0], threads[0]
+    file_rows = []
+    for stage in stages:
+        names = sorted(set().union(*(tree_files(t, stage) for t in trees)))
+        for f in names:
+            d0 = digest(ref / f) if (ref / f).exists() else None
+            for t, th in zip(trees[1:], threads[1:]):
+                row: dict[str, Any] = {"stage": stage, "file": f, "execution": t.name, "threads": th,
+                                       "same_threads": th == ref_threads}
+                if d0 is None or not (t / f).exists():
+                    row.update(identical=False, note="missing in one execution")
+                else:
+                    d1 = digest(t / f)
+                    row.update(identical=d0[0] == d1[0], timing_fields_excluded=d0[1] or d1[1])
+                    if d0[0] != d1[0]:
+                        row.update(difference(ref / f, t / f))
+                file_rows.append(row)
+    files = pd.DataFrame(file_rows)
+    stage_rows = []
+    for stage in stages:
+        g = files[files["stage"] == stage] if len(files) else files
+        same, other = (g[g["same_threads"]], g[~g["same_threads"]]) if len(g) else (g, g)
+        row = {"stage": stage, "files": g["file"].nunique() if len(g) else 0,
+               "identical_same_threads": bool(same["identical"].all()) if len(same) else None,
+               "identical_across_threads": bool(other["identical"].all()) if len(other) else None,
+               "differing_files": int(g.loc[~g["identical"], "file"].nunique()) if len(g) else 0,
+               "timing_fields_excluded": int(g.loc[g.get("timing_fields_excluded", False) == True, "file"].nunique())  # noqa: E712
+               if len(g) and "timing_fields_excluded" in g else 0}
+        for col, agg in (("max_abs_diff", "max"), ("dice", "min")):
+            vals = g[col].dropna() if col in g else pd.Series(dtype=float)
+            row[f"{agg}_{col}" if col == "dice" else col] = float(getattr(vals, agg)()) if len(vals) else np.nan
+        stage_rows.append(row)
+    return pd.DataFrame(stage_rows), files
+
+
+def dashboard(stages: pd.DataFrame, variability: pd.DataFrame, threshold: float, out: str | Path) -> None:
+    """Per stage identical or not (same threads / across threads), and the metrics' SD ratios against the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * max(len(stages), 6) + 1.5))
+    ax = axes[0]
+    cols = ["identical_same_threads", "identical_across_threads"]
+    colour = {True: "#2e7d32", False: "#c62828", None: "#bdbdbd"}
+    for i, (_, r) in enumerate(stages.iterrows()):
+        for j, c in enumerate(cols):
+            v = r[c] if isinstance(r[c], (bool, np.bool_)) else None
+            ax.add_patch(plt.Rectangle((j, i), 0.95, 0.9, color=colour[None if v is None else bool(v)]))
+            ax.text(j + 0.47, i + 0.45, {True: "identical", False: "differs", None: "n/a"}[None if v is None else bool(v)],
+                    ha="center", va="center", color="white", fontsize=9)
+    ax.set_xlim(0, 2)
+    ax.set_ylim(len(stages), 0)
+    ax.set_yticks([i + 0.45 for i in range(len(stages))], stages["stage"])
+    ax.set_xticks([0.47, 1.47], ["same threads", "across threads"])
+    ax.set_title("bitwise (SHA-256) across executions")
+    ax = axes[1]
+    if len(variability):
+        v = variability[variability["metric"].isin(["dice", "hd95", "vol_pred_mm3"])]
+        labels = [f"{r.model} {r.label} {r.metric}" for r in v.itertuples()]
+        vals = v["sd_ratio"].clip(upper=10 * threshold).to_numpy()
+        ax.barh(range(len(v)), np.maximum(vals, threshold / 100), color=["#c62828" if a else "#2e7d32" for a in v["alert"]])
+        ax.set_yticks(range(len(v)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.axvline(threshold, color="k", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"inter-execution SD / inter-subject SD (alert > {threshold:g}; 0 drawn at {threshold / 100:g})")
+    else:
+        ax.text(0.5, 0.5, "no metrics stage audited", ha="center", va="center")
+        ax.set_axis_off()
+    ax.set_title("metrics: test-retest variability")
+    fig.tight_layout()
+    from .util import atomic_path
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def run(cfg: dict[str, Any], main: str | Path, out_dir: str | Path, snakefile: Path = REPO / "Snakefile",
+        cores: int = 1) -> pd.DataFrame:
+    """The whole audit: executions, comparison, tables, dashboard; returns the per-stage table. ``cores``:
+    what each execution may use for independent jobs side by side (never changes a job's threads)."""
+    r = cfg["repro"]
+    main = Path(main).resolve()
+    execs = plan(cfg)
+    trees_dir = (main / r["dir"]).resolve()
+    existing = [trees_dir / n for n, _ in execs if (trees_dir / n).exists()]
+    if existing:
+        raise ReproError(f"audit output tree(s) already exist: {', '.join(map(str, existing))}; remove them "
+                         f"(rm -r {trees_dir}) or set repro.dir")
+    results = (main / "results").resolve()
+    if trees_dir == results or results in trees_dir.parents or trees_dir in results.parents or trees_dir == main:
+        raise ReproError(f"repro.dir {r['dir']!r} must be a folder of its own, not results/ or the workflow folder")
+    threads = [th for _, th in execs]
+    if r["mode"] == "chain":
+        stages = stage_range(cfg)
+        trees = [execute(cfg, name, th, main, trees_dir, stages, snakefile, cores) for name, th in execs]
+        stage_table, files = compare(trees, threads, stages)
+        metric_trees = trees
+    else:
+        stages = [s for s in STAGES if s in r["stages"]]
+        tables, file_tables, metric_trees = [], [], []
+        for stage in stages:
+            trees = [execute(cfg, f"{name}/{stage}", th, main, trees_dir, [stage], snakefile, cores)
+                     for name, th in execs]
+            st, fi = compare(trees, threads, [stage])
+            tables.append(st)
+            file_tables.append(fi)
+            if stage == "metrics":
+                metric_trees = trees
+        stage_table, files = pd.concat(tables, ignore_index=True), pd.concat(file_tables, ignore_index=True)
+    variability = metric_variability(metric_trees, r["alert_ratio"]) if metric_trees else pd.DataFrame()
+    out = Path(out_dir)
+    write_tsv(out / "stages.tsv", stage_table)
+    write_tsv(out / "files.tsv", files)
+    write_tsv(out / "metrics_variability.tsv", variability)
+    dashboard(stage_table, variability, r["alert_ratio"], out / "dashboard.png")
+    alerts = variability[variability["alert"]] if len(variability) else variability
+    lines = [f"reproducibility audit ({r['mode']}): {len(execs)} executions ({', '.join(n for n, _ in execs)}) of "
+             f"stages {', '.join(stages)}", stage_table.to_string(index=False)]
+    if len(alerts):
+        lines.append(f"ALERT: {len(alerts)} metric(s) vary between executions more than {r['alert_ratio']:g} x "
+                     f"between subjects:\n" + alerts.to_string(index=False))
+    elif len(variability):
+        lines.append(f"no alert: every metric's inter-execution SD is <= {r['alert_ratio']:g} x its inter-subject SD")
+    write_text(out / "summary.txt", "\n".join(lines) + "\n")
+    for line in lines:
+        (log.warning if line.startswith("ALERT") else log.info)("%s", line)
+    return stage_table

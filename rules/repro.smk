@@ -1,0 +1,36 @@
+rule repro:
+    """Reproducibility audit: the chosen stages re-executed repro.runs times (and once per further
+    thread count) in separate trees under repro.dir, compared by SHA-256; metrics' test-retest SD and
+    ICC(3,1). Not part of `all`: `snakemake repro` or `make repro`."""
+    input:
+        outputs=all_outputs,
+    output:
+        stages=report(
+            "results/repro/stages.tsv",
+            category="7. Reproducibility",
+            caption="../report/repro_stages.rst",
+        ),
+        files="results/repro/files.tsv",
+        variability=report(
+            "results/repro/metrics_variability.tsv",
+            category="7. Reproducibility",
+            caption="../report/repro_variability.rst",
+        ),
+        dashboard=report(
+            "results/repro/dashboard.png",
+            category="7. Reproducibility",
+            caption="../report/repro_dashboard.rst",
+        ),
+        summary="results/repro/summary.txt",
+    params:
+        code=fingerprint("repro"),
+    log:
+        "logs/repro.log",
+    threads: max(config["repro"]["threads"])
+    resources:
+        mem_mb=RES["train_mem_mb"],
+        runtime=lambda wc: 4 * RES["train_runtime_min"] * (config["repro"]["runs"] + len(config["repro"]["threads"])),
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/repro.py"

@@ -1,0 +1,107 @@
+"""The per-subject steps in shards (`cohortseg prepare`): a shard prepares its subjects, skips the ones
+whose inputs, code and config are unchanged, redoes exactly the changed one, and a bad subject is
+reported by pseudonym (no input path) without stopping the others of its shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .conftest import REPO
+
+CFG = str(REPO / "tests" / "config" / "tiny.yaml")
+# one digit: 16 shards, so the tiny cohort's 6 subjects share some
+SET = json.dumps({"prepare": {"shard_digits": 1}})
+
+
+def cli(wd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "cohortseg.cli", *args, "-c", CFG, "--set", SET], cwd=wd,
+                          capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout + proc.stderr)
+    return proc
+
+
+@pytest.fixture()
+def cohort(tmp_path: Path, tiny_cohort: Path) -> tuple[Path, dict[str, list[str]]]:
+    """Index and selection of a private copy of the tiny cohort (its files are edited by the tests)."""
+    from cohortseg.prepare import shards
+
+    (tmp_path / "data").mkdir()
+    shutil.copytree(tiny_cohort, tmp_path / "data" / "tiny")
+    # a fixed study key: the same pseudonyms, hence the same shards, every time
+    (tmp_path / "private").mkdir(mode=0o700)
+    (tmp_path / "private" / "key").write_text("00" * 31 + "01\n")
+    os.chmod(tmp_path / "private" / "key", 0o600)
+    cli(tmp_path, "index")
+    cli(tmp_path, "select")
+    inc = pd.read_csv(tmp_path / "results" / "cohort" / "included.tsv", sep="\t")
+    return tmp_path, shards(list(inc["subject"]), "sub-", 1)
+
+
+def _largest(groups: dict[str, list[str]]) -> tuple[str, list[str]]:
+    return max(groups.items(), key=lambda kv: len(kv[1]))
+
+
+def test_shard_skips_unchanged_subjects_and_redoes_a_changed_one(cohort: tuple[Path, dict[str, list[str]]]) -> None:
+    wd, groups = cohort
+    shard, subjects = _largest(groups)
+    assert len(subjects) >= 2, groups
+    out = cli(wd, "prepare", "--shard", shard).stdout
+    assert f"{len(subjects)} prepared" in out
+    manifest = json.loads((wd / "results" / "prepared" / f"{shard}.json").read_text())
+    assert sorted(manifest["subjects"]) == subjects
+    for files in manifest["subjects"].values():
+        assert all((wd / p).exists() for p in files.values())
+        assert {"image", "label", "preproc_image", "preproc_label"} <= set(files)
+    before = {s: (wd / "results" / "preproc" / s / "image.nii").stat().st_mtime_ns for s in subjects}
+
+    assert "0 prepared" in cli(wd, "prepare", "--shard", shard).stdout
+
+    # a new mask export for one subject: only that subject is redone
+    masks = json.loads((wd / "private" / "masks.json").read_text())
+    changed = subjects[0]
+    os.utime(wd / masks[changed], ns=(1, 1))
+    assert "1 prepared" in cli(wd, "prepare", "--shard", shard).stdout
+    after = {s: (wd / "results" / "preproc" / s / "image.nii").stat().st_mtime_ns for s in subjects}
+    assert [s for s in subjects if after[s] != before[s]] == [changed]
+
+    # a named subject is always redone, without touching the shard's manifest
+    cli(wd, "prepare", subjects[1])
+    assert (wd / "results" / "preproc" / subjects[1] / "image.nii").stat().st_mtime_ns != before[subjects[1]]
+
+
+def test_bad_subject_is_reported_and_the_others_are_prepared(cohort: tuple[Path, dict[str, list[str]]]) -> None:
+    wd, groups = cohort
+    shard, subjects = _largest(groups)
+    masks = json.loads((wd / "private" / "masks.json").read_text())
+    bad = subjects[-1]
+    (wd / masks[bad]).write_bytes(b"not a NIfTI file")
+    proc = cli(wd, "prepare", "--shard", shard, check=False)
+    assert proc.returncode == 2
+    assert f"shard {shard}: 1 of {len(subjects)} subjects failed" in proc.stderr and bad in proc.stderr, proc.stderr
+    assert "ZQXPHI" not in proc.stdout + proc.stderr and str(wd / "data") not in proc.stderr, proc.stderr
+    assert not (wd / "results" / "prepared" / f"{shard}.json").exists()
+    for s in subjects[:-1]:
+        assert (wd / "results" / "preproc" / s / "label.nii").exists(), s
+    assert not (wd / "results" / "preproc" / bad).exists()
+    # fixed: the rerun redoes only the bad subject and writes the manifest
+    shutil.copy(wd / masks[subjects[0]], wd / masks[bad])
+    out = cli(wd, "prepare", "--shard", shard).stdout
+    assert f"{len(subjects)} subjects, 1 prepared" in out
+    assert (wd / "results" / "prepared" / f"{shard}.json").exists()
+
+
+def test_shard_of_follows_the_pseudonym() -> None:
+    from cohortseg.prepare import shard_of, shards
+
+    assert shard_of("sub-3fa0c1d2e9", "sub-", 2) == "3f"
+    groups = shards(["sub-3fa0", "sub-3f11", "sub-a000"], "sub-", 2)
+    assert groups == {"3f": ["sub-3f11", "sub-3fa0"], "a0": ["sub-a000"]}

@@ -1,0 +1,136 @@
+"""The reproducibility audit's parts: ICC(3,1) against Shrout & Fleiss (1979), test-retest SD ratios,
+the comparison that ignores wall-clock fields only, the size of a difference, and the refusals
+(K < 2, an unknown stage, existing output trees). The audit of a whole run:
+tests/test_e2e.py::test_repro_audit_of_the_tiny_workflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from cohortseg.config import ConfigError, load
+from cohortseg.repro import ReproError, canonical, difference, icc_3_1, metric_variability, plan, run, stage_range
+
+from .conftest import REPO
+
+REPO_TINY = REPO / "tests" / "config" / "tiny.yaml"
+
+# Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges; ICC(3,1) = 0.71
+SF = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], dtype=float)
+
+
+def test_icc_3_1_matches_shrout_fleiss() -> None:
+    assert icc_3_1(SF) == pytest.approx(0.7148, abs=1e-4)
+    assert icc_3_1(np.repeat(SF[:, :1], 3, axis=1)) == 1.0
+
+
+def test_metric_variability_and_alert(tmp_path: Path) -> None:
+    trees = []
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 0.9, size=8)
+    for i, noise in enumerate([0.0, 0.0, 0.05]):
+        t = tmp_path / f"e{i}"
+        (t / "results" / "metrics").mkdir(parents=True)
+        dice = base + (rng.normal(0, noise, size=8) if noise else 0)
+        pd.DataFrame({"model": "ensemble", "subject": [f"s{j}" for j in range(8)], "label": "lesion", "status": "ok",
+                      "dice": dice, "hd95": 2.0 * base}).to_csv(t / "results" / "metrics" / "cases.tsv", sep="\t", index=False)
+        trees.append(t)
+    same = metric_variability(trees[:2], 0.1).set_index("metric")
+    assert same.loc["dice", "inter_execution_sd"] == 0 and same.loc["dice", "icc_3_1"] == 1.0
+    assert not same["alert"].any()
+    noisy = metric_variability(trees, 0.1).set_index("metric")
+    assert noisy.loc["dice", "sd_ratio"] > 0.1 and noisy.loc["dice", "alert"]
+    assert noisy.loc["dice", "icc_3_1"] < 1.0 and not noisy.loc["hd95", "alert"]
+
+
+def test_wall_clock_fields_are_left_out_of_the_comparison(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"fold": 0, "seconds": 1.5, "config": {"resources": {"train_threads": 1}}, "dice": 0.8}))
+    b.write_text(json.dumps({"fold": 0, "seconds": 9.1, "config": {"resources": {"train_threads": 2}}, "dice": 0.8}))
+    assert canonical(a) == canonical(b) and canonical(a)[1] is True
+    b.write_text(json.dumps({"fold": 0, "seconds": 9.1, "config": {"resources": {"train_threads": 2}}, "dice": 0.81}))
+    assert canonical(a)[0] != canonical(b)[0]
+    t1, t2 = tmp_path / "h1.tsv", tmp_path / "h2.tsv"
+    t1.write_text("epoch\tloss\tseconds\n0\t0.5\t1.0\n")
+    t2.write_text("epoch\tloss\tseconds\n0\t0.5\t2.0\n")
+    assert canonical(t1) == canonical(t2)
+    assert difference(t1, t2) == {"max_abs_diff": 0.0}
+
+
+def test_difference_of_segmentations(tmp_path: Path) -> None:
+    x = np.zeros((10, 10, 10), np.uint8)
+    x[2:6, 2:6, 2:6] = 1
+    y = x.copy()
+    y[2:6, 2:6, 5] = 0
+    nib.save(nib.Nifti1Image(x, np.eye(4)), tmp_path / "a.nii.gz")
+    nib.save(nib.Nifti1Image(y, np.eye(4)), tmp_path / "b.nii.gz")
+    d = difference(tmp_path / "a.nii.gz", tmp_path / "b.nii.gz")
+    assert d["max_abs_diff"] == 1.0 and d["dice"] == pytest.approx(2 * 48 / (64 + 48))
+
+
+def _cfg(**repro: object) -> dict:
+    return load(None, {"repro": repro})
+
+
+def test_bad_requests_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="minimum"):
+        _cfg(runs=1)
+    with pytest.raises(ConfigError, match="is not one of"):
+        _cfg(stages=["train", "segment"])
+    cfg = _cfg(stages=["split", "infer"], threads=[1, 2, 4])
+    assert stage_range(cfg) == ["split", "prepare", "train", "ensemble", "infer"]
+    assert plan(cfg) == [("exec1-t1", 1), ("exec2-t1", 1), ("exec3-t2", 2), ("exec4-t4", 4)]
+    cfg["repro"]["runs"] = 1
+    with pytest.raises(ReproError, match=">= 2"):
+        plan(cfg)
+    cfg["repro"]["runs"] = 2
+    cfg["repro"]["stages"] = ["nope"]
+    with pytest.raises(ReproError, match="unknown stage"):
+        plan(cfg)
+
+
+def test_existing_trees_are_an_error_and_nothing_is_written(tmp_path: Path) -> None:
+    cfg = _cfg()
+    (tmp_path / "repro" / "exec1-t1").mkdir(parents=True)
+    (tmp_path / "results").mkdir()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ReproError, match="already exist"):
+        run(cfg, tmp_path, tmp_path / "results" / "repro")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    cfg["repro"]["dir"] = "results/audit"
+    with pytest.raises(ReproError, match="folder of its own"):
+        run(cfg, tmp_path, tmp_path / "results" / "repro")
+
+
+def test_index_select_split_are_bitwise_identical_across_runs_and_threads(tmp_path: Path, tiny_cohort: Path) -> None:
+    """The audit's first stages, in-process: two runs with 1 worker and one with 2 write the same bytes."""
+    import os
+
+    from cohortseg.index import run as index
+    from cohortseg.provenance import sha256_file
+    from cohortseg.select import run as select
+    from cohortseg.split import run as split
+
+    key = tmp_path / "key"
+    key.write_text("ab" * 32 + "\n")
+    digests = []
+    for i, workers in enumerate([1, 1, 2]):
+        d = tmp_path / f"run{i}"
+        (d / "private").mkdir(parents=True, mode=0o700)
+        (d / "private" / "key").write_bytes(key.read_bytes())
+        os.chmod(d / "private" / "key", 0o600)
+        cfg = load(REPO_TINY, {"dicom_dir": str(tiny_cohort / "dicom"), "masks": {"dir": str(tiny_cohort / "masks")},
+                               "private_dir": str(d / "private"), "index": {"threads": workers}})
+        c = d / "results" / "cohort"
+        index(cfg, c / "series.tsv", c / "subjects.tsv", workers=workers)
+        select(cfg, c / "series.tsv", c / "subjects.tsv", c / "included.tsv", c / "excluded.tsv",
+               c / "exclusion_summary.tsv", c / "summary.txt")
+        split(cfg, c / "included.tsv", d / "results" / "splits.json")
+        files = sorted(p for p in (d / "results").rglob("*") if p.is_file())
+        digests.append({str(p.relative_to(d)): sha256_file(p) for p in files})
+    assert len(digests[0]) == 7 and digests[0] == digests[1] == digests[2]
