@@ -118,17 +118,48 @@ def _num(v: object) -> float:
         return 0.0
 
 
-def submissions(jobs: pd.DataFrame) -> list[dict[str, object]]:
-    """What each sbatch would ask for: a job alone, or a group job with its members' CPUs, memory and
-    GPUs summed (they run side by side) and the longest wall time."""
-    out = []
+def group_components(smk_args: list[str]) -> dict[str, int]:
+    """`group-components` (group -> jobs per submission) from the command line, else from the profile."""
+    import yaml
+
+    def parse(items: list[str]) -> dict[str, int]:
+        return {k: int(v) for k, _, v in (str(i).partition("=") for i in items) if v}
+
+    if "--group-components" in smk_args:
+        i = smk_args.index("--group-components") + 1
+        items = []
+        while i < len(smk_args) and not smk_args[i].startswith("-"):
+            items.append(smk_args[i])
+            i += 1
+        return parse(items)
+    if "--profile" in smk_args:
+        cfg = Path(smk_args[smk_args.index("--profile") + 1]) / "config.yaml"
+        if cfg.exists():
+            return parse((yaml.safe_load(cfg.read_text()) or {}).get("group-components", []))
+    return {}
+
+
+def submissions(jobs: pd.DataFrame, components: dict[str, int] | None = None) -> list[dict[str, object]]:
+    """What each sbatch would ask for: a job alone, or a group job of up to `group-components` members with
+    their CPUs, memory and GPUs summed (they run side by side) and the longest wall time. (A dry run's
+    printout of group jobs repeats members across groups, so the groups are rebuilt here.)"""
+    components = components or {}
     for col in RESOURCE_KEYS:
         if col not in jobs:
             jobs = jobs.assign(**{col: None})
-    for group, grp in jobs.groupby(jobs["group"].where(jobs["group"] != "", jobs.index.astype(str)), sort=False):
+    jobs = jobs.drop_duplicates(subset=["rule", "wildcards"])
+    chunks: list[tuple[str, pd.DataFrame]] = []
+    for group, grp in jobs.groupby(jobs["group"].str.split("#").str[0], sort=False):
+        if not group:
+            chunks += [("", grp.loc[[i]]) for i in grp.index]
+            continue
+        n = max(1, components.get(group, 1))
+        chunks += [(group, grp.iloc[k: k + n]) for k in range(0, len(grp), n)]
+    out = []
+    for group, grp in chunks:
         first = grp.iloc[0]
         cpus = [max(_num(r["threads"]), _num(r["cpus_per_task"])) for _, r in grp.iterrows()]
-        out.append({"what": f"group job {str(group).split('#')[0]} ({len(grp)} jobs)" if first["group"] else
+        out.append({"what": f"group job {group} ({len(grp)} jobs)" if group else
                     f"rule {first['rule']}" + (f" ({first['wildcards']})" if first["wildcards"] else ""),
                     "rule": first["rule"], "partition": first["slurm_partition"], "constraint": first["constraint"],
                     "cpus": sum(cpus), "mem_mb": sum(_num(v) for v in grp["mem_mb"]),
@@ -136,7 +167,8 @@ def submissions(jobs: pd.DataFrame) -> list[dict[str, object]]:
     return out
 
 
-def check_against_cluster(jobs: pd.DataFrame, parts: dict[str, dict[str, object]]) -> list[str]:
+def check_against_cluster(jobs: pd.DataFrame, parts: dict[str, dict[str, object]],
+                          components: dict[str, int] | None = None) -> list[str]:
     """Every reason a planned submission could never start on this cluster (one line per rule and problem)."""
     problems: dict[str, str] = {}
     default = next((n for n, p in parts.items() if p["default"]), None)
@@ -144,7 +176,7 @@ def check_against_cluster(jobs: pd.DataFrame, parts: dict[str, dict[str, object]
         for k in str(r["unknown_resources"]).split(","):
             problems.setdefault(f"res:{r['rule']}:{k}", f"rule {r['rule']}: resource {k!r} is unknown to the slurm "
                                 f"executor (a typo in the profile's set-resources?)")
-    for sub in submissions(jobs):
+    for sub in submissions(jobs, components):
         name = sub["partition"] if isinstance(sub["partition"], str) and sub["partition"] else default
         key = f"{sub['rule']}:{name}"
         if name not in parts:
@@ -190,17 +222,18 @@ def run(smk_args: list[str], graphs: str | None = None, check: bool = True) -> p
     # every job after the checkpoints, as if nothing had run yet (the checkpoints' own outputs kept)
     listed = subprocess.run([*snakemake, *smk_args, "--list-rules"], capture_output=True, text=True, check=True).stdout
     names = [line.split(" (")[0].strip() for line in listed.splitlines() if line and not line[0].isspace()]
-    rules = [r for r in names if re.fullmatch(r"\w+", r) and r not in CHECKPOINT_RULES and r != "audit"]
+    rules = [r for r in names if re.fullmatch(r"\w+", r) and r not in CHECKPOINT_RULES and r not in ("audit", "repro")]
     force = ["--forcerun", *rules, "--allowed-rules", *rules]
     proc = subprocess.run([*snakemake, *smk_args, "--dry-run", *force], capture_output=True, text=True, check=True)
     jobs = parse_dry_run(proc.stdout + proc.stderr)
     cheap = parse_dry_run(subprocess.run([*snakemake, *smk_args, "--dry-run", "--forceall", "results/splits.json"],
                                          capture_output=True, text=True, check=True).stdout)
-    every = pd.concat([cheap, jobs], ignore_index=True)
+    # a dry run prints some members of group jobs more than once: one row per job
+    every = pd.concat([cheap, jobs], ignore_index=True).drop_duplicates(subset=["rule", "wildcards"])
     table = summarise(every)
     parts = cluster() if check and "slurm_partition" in every else None
     if parts is not None:
-        problems = check_against_cluster(every, parts)
+        problems = check_against_cluster(every, parts, group_components(smk_args))
         if problems:
             raise PlanError("the plan cannot run on this cluster (sinfo):\n  " + "\n  ".join(problems) +
                             "\n" + table.to_string(index=False))

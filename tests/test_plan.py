@@ -51,7 +51,7 @@ def test_every_unrunnable_request_is_named() -> None:
     jobs = parse_dry_run(DRY_RUN)
     assert list(jobs["rule"]) == ["prepare", "prepare", "train", "infer_fold", "metrics"]
     assert jobs["group"].iloc[0] == jobs["group"].iloc[1] != "" and jobs["group"].iloc[2] == ""
-    problems = check_against_cluster(jobs, cluster(SINFO))  # type: ignore[arg-type]
+    problems = check_against_cluster(jobs, cluster(SINFO), {"prep": 10})  # type: ignore[arg-type]
     text = "\n".join(problems)
     # the group job's two members run side by side: 2 x 60000 MB on one node
     assert "group job prep (2 jobs): asks for 120000 MB of memory, the largest node of partition 'cpu' has 190000" \
@@ -67,6 +67,16 @@ def test_every_unrunnable_request_is_named() -> None:
 
 def test_group_job_is_the_sum_of_its_members() -> None:
     jobs = parse_dry_run(DRY_RUN.replace("mem_mb=60000", "mem_mb=100000"))
-    problems = check_against_cluster(jobs, cluster(SINFO))  # type: ignore[arg-type]
+    problems = check_against_cluster(jobs, cluster(SINFO), {"prep": 10})  # type: ignore[arg-type]
     assert "group job prep (2 jobs): asks for 200000 MB of memory, the largest node of partition 'cpu' has 190000" \
         in problems
+    # one job per submission (group-components 1): each member fits alone
+    alone = check_against_cluster(jobs, cluster(SINFO), {"prep": 1})  # type: ignore[arg-type]
+    assert not any("prep" in p or "prepare" in p for p in alone), alone
+
+
+def test_group_components_from_args_and_profile() -> None:
+    from cohortseg.plan import group_components
+
+    assert group_components(["--group-components", "prep=2", "x=3", "--jobs", "4"]) == {"prep": 2, "x": 3}
+    assert group_components(["--profile", "profiles/slurm"]) == {"prep": 10}
