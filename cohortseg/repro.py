@@ -325,8 +325,8 @@ def compare(trees: list[Path], threads: list[int], stages: list[str]) -> tuple[p
                "identical_same_threads": bool(same["identical"].all()) if len(same) else None,
                "identical_across_threads": bool(other["identical"].all()) if len(other) else None,
                "differing_files": int(g.loc[~g["identical"], "file"].nunique()) if len(g) else 0,
-               "timing_fields_excluded": int(g.loc[g.get("timing_fields_excluded", False) == True, "file"].nunique())  # noqa: E712
-               if len(g) and "timing_fields_excluded" in g else 0}
+               "timing_fields_excluded": int(g.loc[g["timing_fields_excluded"].fillna(False).astype(bool), "file"]
+                                             .nunique()) if "timing_fields_excluded" in g else 0}
         for col, agg in (("max_abs_diff", "max"), ("dice", "min")):
             vals = g[col].dropna() if col in g else pd.Series(dtype=float)
             row[f"{agg}_{col}" if col == "dice" else col] = float(getattr(vals, agg)()) if len(vals) else np.nan
