@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--phi-marker", default="", help="string embedded in every identifying field (privacy tests)")
     sp.add_argument("--size", choices=["demo", "tiny"], default="demo")
 
-    sp = add("index", cmd_index, "read DICOM headers into results/cohort/series.tsv")
+    sp = add("index", cmd_index, "read DICOM headers (or check NIfTI image/label pairs) into results/cohort/series.tsv")
     sp.add_argument("--series", default="results/cohort/series.tsv")
     sp.add_argument("--subjects", default="results/cohort/subjects.tsv")
 

@@ -41,6 +41,8 @@ def check_semantics(cfg: dict[str, Any]) -> None:
     if cfg["prepare"]["shard_digits"] > cfg["pseudonym"]["length"]:
         raise ConfigError(f"prepare.shard_digits ({cfg['prepare']['shard_digits']}) exceeds pseudonym.length "
                           f"({cfg['pseudonym']['length']})")
+    if cfg["source"] == "nifti" and not (cfg["nifti"]["images"] or cfg["nifti"]["table"]):
+        raise ConfigError("source: nifti needs nifti.images (a folder) or nifti.table (a TSV of paths)")
     train = cfg["train"]
     if train["model"] == "unetr":
         size = cfg["preprocess"]["size"]

@@ -257,9 +257,17 @@ def convert_subject(cfg: dict[str, Any], subject: str, row: dict[str, Any], file
                     image_out: str | Path, sidecar_out: str | Path) -> dict[str, Any]:
     """Convert the series of ``row`` (its ``files``) to the subject's NIfTI and identifier-free sidecar."""
     try:
-        corr = row.get("geometry_correction")
-        corr = corr if isinstance(corr, str) else ""
-        img, meta = convert_series(files, cfg["convert"]["tool"], corr)
+        if cfg["source"] == "nifti":
+            from .nifti_cohort import import_image
+
+            try:
+                img, meta = import_image(files[0])
+            except (ValueError, OSError) as exc:
+                raise ConversionError(str(exc)) from None
+        else:
+            corr = row.get("geometry_correction")
+            corr = corr if isinstance(corr, str) else ""
+            img, meta = convert_series(files, cfg["convert"]["tool"], corr)
     except ConversionError as exc:
         raise ConversionError(f"{subject} series {row['series']}: {exc}") from None
     from .provenance import sha256_files

@@ -558,11 +558,19 @@ def run(cfg: dict[str, Any], series_tsv: str | Path, subjects_tsv: str | Path, p
         workers: int | None = None) -> pd.DataFrame:
     from .pseudonym import from_config
 
-    pseudo = from_config(cfg)
     priv = ensure_private_dir(private_dir or cfg["private_dir"])
-    df, private = build_index(cfg["dicom_dir"], pseudo, cfg["index"]["postop_regex"], cfg["index"]["slice_gap_tolerance"],
-                              workers or cfg["index"]["threads"])
-    masks = find_masks(cfg["masks"]["dir"], cfg["masks"]["pattern"], private["id_map"])
+    if cfg["source"] == "nifti":
+        from .nifti_cohort import build_index as build_nifti_index
+
+        df, private = build_nifti_index(cfg, workers or cfg["index"]["threads"])
+        masks = private["masks"]
+        private["n_files"] = len(df)
+        private["status_counts"] = df["status"].value_counts().to_dict()
+    else:
+        pseudo = from_config(cfg)
+        df, private = build_index(cfg["dicom_dir"], pseudo, cfg["index"]["postop_regex"],
+                                  cfg["index"]["slice_gap_tolerance"], workers or cfg["index"]["threads"])
+        masks = find_masks(cfg["masks"]["dir"], cfg["masks"]["pattern"], private["id_map"])
     subjects = (
         df[df["status"] == "ok"].groupby("subject")
         .agg(n_studies=("study", "nunique"), n_series=("series", "count")).reset_index()

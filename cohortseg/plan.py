@@ -118,25 +118,38 @@ def _num(v: object) -> float:
         return 0.0
 
 
-def group_components(smk_args: list[str]) -> dict[str, int]:
-    """`group-components` (group -> jobs per submission) from the command line, else from the profile."""
+def _option(smk_args: list[str], name: str) -> list[str]:
+    """The values of a list option (``--name a b``) from the command line, else from the profile."""
     import yaml
 
-    def parse(items: list[str]) -> dict[str, int]:
-        return {k: int(v) for k, _, v in (str(i).partition("=") for i in items) if v}
-
-    if "--group-components" in smk_args:
-        i = smk_args.index("--group-components") + 1
+    flag = f"--{name}"
+    if flag in smk_args:
+        i = smk_args.index(flag) + 1
         items = []
         while i < len(smk_args) and not smk_args[i].startswith("-"):
             items.append(smk_args[i])
             i += 1
-        return parse(items)
+        return items
     if "--profile" in smk_args:
         cfg = Path(smk_args[smk_args.index("--profile") + 1]) / "config.yaml"
         if cfg.exists():
-            return parse((yaml.safe_load(cfg.read_text()) or {}).get("group-components", []))
-    return {}
+            value = (yaml.safe_load(cfg.read_text()) or {}).get(name, [])
+            return [str(v) for v in (value if isinstance(value, list) else [value])]
+    return []
+
+
+def group_components(smk_args: list[str]) -> dict[str, int]:
+    """`group-components` (group -> jobs per submission) from the command line, else from the profile."""
+    return {k: int(v) for k, _, v in (i.partition("=") for i in _option(smk_args, "group-components")) if v}
+
+
+def one_job_per_group(smk_args: list[str]) -> list[str]:
+    """Arguments that make a dry run form one group job per group (``--group-components g=1000000``).
+    Snakemake 9.27 rebuilds split group jobs non-idempotently after checkpoints (snakemake/snakemake#1628):
+    a dry run with several group jobs of one group may print them forever. The plan rebuilds the
+    submissions from ``group-components`` itself (:func:`submissions`)."""
+    names = sorted({v for _, _, v in (i.partition("=") for i in _option(smk_args, "groups")) if v})
+    return ["--group-components", *(f"{g}=1000000" for g in names)] if names else []
 
 
 def submissions(jobs: pd.DataFrame, components: dict[str, int] | None = None) -> list[dict[str, object]]:
@@ -214,21 +227,28 @@ def summarise(jobs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).fillna("")
 
 
-def run(smk_args: list[str], graphs: str | None = None, check: bool = True) -> pd.DataFrame:
-    snakemake = [sys.executable, "-m", "snakemake"]
+def _snakemake(args: list[str], timeout: float, **kw: object) -> subprocess.CompletedProcess[str]:
+    """One Snakemake call of the plan; a call that outlives ``timeout`` is killed and reported."""
+    cmd = [sys.executable, "-m", "snakemake", *args]
+    try:
+        return subprocess.run(cmd, text=True, check=True, timeout=timeout, **kw)  # type: ignore[call-overload]
+    except subprocess.TimeoutExpired as e:
+        raise PlanError(f"snakemake {' '.join(args)} did not finish within {timeout:.0f} s") from e
+
+
+def run(smk_args: list[str], graphs: str | None = None, check: bool = True, timeout: float = 1800) -> pd.DataFrame:
     # the checkpoints that decide the DAG: header index, selection, split (no pixel data read)
-    subprocess.run([*snakemake, *smk_args, "--cores", "2", "results/splits.json"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _snakemake([*smk_args, "--cores", "2", "results/splits.json"], timeout, stdout=subprocess.DEVNULL,
+               stderr=subprocess.DEVNULL)
     # every job after the checkpoints, as if nothing had run yet (the checkpoints' own outputs kept)
-    listed = subprocess.run([*snakemake, *smk_args, "--list-rules"], capture_output=True, text=True, check=True).stdout
+    listed = _snakemake([*smk_args, "--list-rules"], timeout, capture_output=True).stdout
     names = [line.split(" (")[0].strip() for line in listed.splitlines() if line and not line[0].isspace()]
     rules = [r for r in names if re.fullmatch(r"\w+", r) and r not in CHECKPOINT_RULES and r not in ("audit", "repro")]
     force = ["--forcerun", *rules, "--allowed-rules", *rules]
-    proc = subprocess.run([*snakemake, *smk_args, "--dry-run", *force], capture_output=True, text=True, check=True)
+    dry = [*smk_args, "--dry-run", *one_job_per_group(smk_args)]
+    proc = _snakemake([*dry, *force], timeout, capture_output=True)
     jobs = parse_dry_run(proc.stdout + proc.stderr)
-    cheap = parse_dry_run(subprocess.run([*snakemake, *smk_args, "--dry-run", "--forceall", "results/splits.json"],
-                                         capture_output=True, text=True, check=True).stdout)
-    # a dry run prints some members of group jobs more than once: one row per job
+    cheap = parse_dry_run(_snakemake([*dry, "--forceall", "results/splits.json"], timeout, capture_output=True).stdout)
     every = pd.concat([cheap, jobs], ignore_index=True).drop_duplicates(subset=["rule", "wildcards"])
     table = summarise(every)
     parts = cluster() if check and "slurm_partition" in every else None
@@ -242,9 +262,10 @@ def run(smk_args: list[str], graphs: str | None = None, check: bool = True) -> p
         out.mkdir(parents=True, exist_ok=True)
         dot = shutil.which("dot")
         for kind in ("rulegraph", "dag"):
-            g = subprocess.run([*snakemake, *smk_args, f"--{kind}", *force], capture_output=True, text=True, check=True)
+            g = _snakemake([*smk_args, f"--{kind}", *force], timeout, capture_output=True)
             src = g.stdout[g.stdout.find("digraph"):]
             (out / f"{kind}.dot").write_text(src)
             if dot:
-                subprocess.run([dot, "-Tsvg", "-o", str(out / f"{kind}.svg")], input=src, text=True, check=True)
+                subprocess.run([dot, "-Tsvg", "-o", str(out / f"{kind}.svg")], input=src, text=True, check=True,
+                               timeout=timeout)
     return table

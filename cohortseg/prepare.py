@@ -32,7 +32,7 @@ from .util import read_tsv, write_json, write_text
 log = logging.getLogger(__name__)
 STAMP = ".prepare-stamp"
 # the config sections the stage reads: part of the rule's params and of every subject's stamp
-CONFIG_SECTIONS = ("convert", "preprocess", "labels", "prepare")
+CONFIG_SECTIONS = ("source", "convert", "preprocess", "labels", "prepare")
 
 
 def fingerprint(cfg: dict[str, Any]) -> str:

@@ -104,6 +104,7 @@ def execution_config(cfg: dict[str, Any], threads: int, main: Path) -> dict[str,
     c = copy.deepcopy(cfg)
     c["dicom_dir"] = _abs(c["dicom_dir"], main)
     c["masks"]["dir"] = _abs(c["masks"].get("dir"), main)
+    c["nifti"] = {k: _abs(v, main) if k in ("images", "labels", "table") else v for k, v in c["nifti"].items()}
     c["private_dir"] = "private"
     c["infer"]["cohorts"] = {k: _abs(v, main) for k, v in c["infer"]["cohorts"].items()}
     if c["split"].get("file"):

@@ -58,6 +58,13 @@ REASON_TEXT = {
     "wrong_plane": "in a non-accepted plane",
     "not_chosen": "passed the rules but lost the tie-break",
     "no_mask": "without a ground-truth mask",
+    # NIfTI cohorts (cohortseg.nifti_cohort)
+    "not_3d": "not a 3D volume",
+    "nan_image": "with NaN or infinite voxels",
+    "geometry_mismatch": "whose label's shape, spacing or affine differs from the image's",
+    "undeclared_label": "with label values not declared in config labels",
+    "empty_label": "with an empty label",
+    "duplicate_case": "with a case name used twice",
 }
 
 
@@ -306,11 +313,18 @@ def run(cfg: dict[str, Any], series_tsv: str | Path, subjects_tsv: str | Path, i
     series = read_tsv(series_tsv)
     subjects = read_tsv(subjects_tsv)
     with_mask = set(subjects.loc[subjects["has_mask"].astype(str).str.lower() == "true", "subject"])
-    hook = load_hook(cfg["select"]["hook"])
-    rules = effective_rules(cfg["select"])
-    included, excluded = select(series, rules, cfg["select"]["tie_break"], with_mask, hook,
-                                cfg["select"]["tilt_tolerance_deg"])
-    table, text = summarise(series, included, excluded, [r["reason"] for r in rules])
+    if cfg["source"] == "nifti":
+        # a NIfTI cohort: one image per case, left out only for the reason its index check gave
+        from .nifti_cohort import REASONS, select as select_nifti
+
+        included, excluded = select_nifti(series)
+        table, text = summarise(series, included, excluded, list(REASONS))
+    else:
+        hook = load_hook(cfg["select"]["hook"])
+        rules = effective_rules(cfg["select"])
+        included, excluded = select(series, rules, cfg["select"]["tie_break"], with_mask, hook,
+                                    cfg["select"]["tilt_tolerance_deg"])
+        table, text = summarise(series, included, excluded, [r["reason"] for r in rules])
     if included.empty:
         write_tsv(excluded_tsv, excluded)
         write_text(summary_txt, text)

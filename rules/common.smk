@@ -31,7 +31,7 @@ wildcard_constraints:
 
 # config sections each stage reads: a change there reruns the stage (params trigger)
 STAGE_CONFIG = {
-    "index": ["dicom_dir", "masks", "private_dir", "pseudonym", "index"],
+    "index": ["source", "dicom_dir", "nifti", "masks", "private_dir", "pseudonym", "index", "labels"],
     "select": ["select"],
     "prepare": list(PREPARE_SECTIONS),
     "split": ["split", "seed"],
@@ -48,6 +48,14 @@ STAGE_CONFIG = {
 def fingerprint(stage):
     """Params value: the stage's package code hash and its config sections' hash."""
     return f"{stage_hash(stage)}-{section_hash(config, *STAGE_CONFIG[stage])}"
+
+
+def index_inputs(wildcards):
+    """The cohort the index reads: the DICOM export, or the NIfTI folders / table."""
+    if config["source"] == "nifti":
+        nc = config["nifti"]
+        return {k: nc[k] for k in ("table",) if nc[k]} or {k: nc[k] for k in ("images", "labels") if nc[k]}
+    return {"dicom": config["dicom_dir"]}
 
 
 _CACHE = {}

@@ -1,7 +1,8 @@
 rule index:
-    """Read every DICOM header once (no pixel data) into the pseudonymous series table."""
+    """Read every DICOM header once (no pixel data), or check every NIfTI image/label pair, into the
+    pseudonymous series table."""
     input:
-        dicom=config["dicom_dir"],
+        unpack(index_inputs),
     output:
         series="results/cohort/series.tsv",
         subjects="results/cohort/subjects.tsv",

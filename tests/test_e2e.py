@@ -29,7 +29,7 @@ def smk(wd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess
     env = {**os.environ, "PYTHONPATH": str(wd), "PYTHONDONTWRITEBYTECODE": "1"}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     proc = subprocess.run([*SNAKEMAKE, "--configfile", "tests/config/tiny.yaml", "--cores", "2", *args], cwd=wd, env=env,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -313,7 +313,7 @@ def test_repro_audit_of_the_tiny_workflow(workflow: Path) -> None:
     assert len(dice) and (dice["inter_execution_sd"] == 0).all() and not var["alert"].any(), var
     assert (workflow / "results" / "repro" / "dashboard.png").stat().st_size > 5000
     again = subprocess.run([sys.executable, "-m", "cohortseg.cli", "repro", "-c", "tests/config/tiny.yaml"], cwd=workflow,
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(workflow)})
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(workflow)}, timeout=600)
     assert again.returncode == 2 and "already exist" in again.stderr, again.stderr
 
 
@@ -346,9 +346,7 @@ def test_slurm_run_matches_local_run(workflow: Path, slurm: dict[str, str], tmp_
     # site values of the profile overridden for the test cluster: no account, a short first status check
     proc = subprocess.run([*SNAKEMAKE, "--profile", "profiles/slurm", "--configfile", "tests/config/tiny.yaml",
                            "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
-                           "--seconds-between-status-checks", "2", "--jobs", "4",
-                           # a group job asks for the sum of its parallel members: 2 shards fit the 2-CPU node
-                           "--group-components", "prep=2"],
+                           "--seconds-between-status-checks", "2", "--jobs", "4"],
                           cwd=wd, env=env, capture_output=True, text=True, timeout=1500)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
@@ -356,8 +354,7 @@ def test_slurm_run_matches_local_run(workflow: Path, slurm: dict[str, str], tmp_
     rules_of = {jid: rule for rule, jid in re.findall(r"\n(?:local)?(?:rule|checkpoint) (\w+):\n(?:.*\n)*?\s+jobid: (\d+)", out)}
     seen: dict[str, int] = {}
     for job, slurm_id in submitted:
-        # a group job (the profile groups prepare jobs, one per shard of subjects) has a uuid
-        rule = rules_of.get(job, "group:prep")
+        rule = rules_of[job]
         info = job_info(slurm_id, slurm)
         print(f"sbatch {slurm_id:>4} {rule:<16} {info.get('JobState')} partition={info.get('Partition')} "
               f"cpus={info.get('NumCPUs')} mem={info.get('MinMemoryNode')} tres={info.get('TresPerJob', '-')} "
@@ -371,10 +368,9 @@ def test_slurm_run_matches_local_run(workflow: Path, slurm: dict[str, str], tmp_
             assert not gpu and info.get("Partition") == "cpu", (rule, info)
         if rule == "train":
             assert info.get("MinMemoryNode") == "4000M", info  # tests/config/tiny.yaml resources.train_mem_mb
-    assert {"index", "select", "split", "group:prep", "train", "infer_fold", "metrics"} <= set(seen), seen
-    # fewer, fuller jobs: one prepare job per shard of subjects, and 2 shards per grouped submission
-    n_light = len(re.findall(r"\n\s*rule prepare:", out))
-    assert n_light == len(shard_list(wd)) and n_light >= 4 and seen["group:prep"] <= -(-n_light // 2), (n_light, seen)
+    assert {"index", "select", "split", "prepare", "train", "infer_fold", "metrics"} <= set(seen), seen
+    # fewer, fuller jobs: one prepare job per shard of subjects, not one per subject and step
+    assert seen["prepare"] == len(shard_list(wd)) >= 4, seen
     print("SLURM submissions per rule:", seen)
     a, b = output_checksums(workflow), output_checksums(wd)
     common = a.keys() & b.keys()
@@ -446,19 +442,22 @@ def test_plan_refuses_what_the_cluster_cannot_run(workflow: Path, slurm: dict[st
 
     def plan(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "cohortseg.cli", "plan", "--", "--configfile", "tests/config/tiny.yaml",
-                               "--profile", "profiles/slurm", *extra], cwd=workflow, env=env, capture_output=True, text=True)
+                               "--profile", "profiles/slurm", *extra], cwd=workflow, env=env, capture_output=True, text=True,
+                              timeout=600)
 
-    # (set-resources on the command line replaces the profile's whole set-resources)
-    bad = plan("--set-resources", "train:slurm_partition='a100'", "infer_fold:slurm_partition='gpu'",
+    # 10 shards per group job: the tiny cohort's shards in one job, more CPUs than the node has (the group
+    # options first: set-resources takes every value after it, and replaces the profile's whole set-resources)
+    bad = plan("--groups", "prepare=prep", "--group-components", "prep=10",
+               "--set-resources", "train:slurm_partition='a100'", "infer_fold:slurm_partition='gpu'",
                "infer_fold:runtime=600", "metrics:slurm_partiton='cpu'")
     assert bad.returncode == 2, bad.stdout + bad.stderr
     err = bad.stderr
     assert "rule train (fold=0): partition 'a100' does not exist (sinfo lists: cpu, gpu)" in err, err
-    # the profile's 10 shards per group job: the tiny cohort's shards in one job, more CPUs than the node has
     assert re.search(r"group job prep \(\d+ jobs\): asks for \d+ CPUs, the largest node of partition 'cpu' has 2", err), err
     assert "runtime 600 min exceeds partition 'gpu''s limit of 240 min" in err, err
     assert "resource 'slurm_partiton' is unknown to the slurm executor" in err, err
-    good = plan("--group-components", "prep=2")
+    # 2 shards per group job fit the 2-CPU node (and a dry run with several group jobs of one group ends)
+    good = plan("--groups", "prepare=prep", "--group-components", "prep=2")
     assert good.returncode == 0, good.stderr[-3000:]
     assert "prepare" in good.stdout
 
@@ -468,17 +467,19 @@ def test_plan_lists_jobs_and_resources(workflow: Path, tmp_path: Path) -> None:
     GPU partition for training and inference, and the rule graph / DAG rendered."""
 
     env = {**os.environ, "PYTHONPATH": str(workflow), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    # 2 shards per group job: the group fits the test cluster's 2-CPU node where SLURM runs (plan checks it)
     proc = subprocess.run([sys.executable, "-m", "cohortseg.cli", "plan", "--graphs", str(tmp_path), "--",
-                           "--configfile", "tests/config/tiny.yaml", "--profile", "profiles/slurm",
-                           "--group-components", "prep=2"],
-                          cwd=workflow, env=env, capture_output=True, text=True)
+                           "--configfile", "tests/config/tiny.yaml", "--profile", "profiles/slurm"],
+                          cwd=workflow, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:] if line.strip() and line.split()[0].isidentifier()}
+    lines = [line.split() for line in proc.stdout.splitlines() if line.strip()]
+    header = lines[0]
+    rows = {r[0]: dict(zip(header, r)) for r in lines[1:] if r[0].isidentifier() and len(r) >= header.index("slurm_partition") + 1}
     included = len(pd.read_csv(workflow / "results" / "cohort" / "included.tsv", sep="\t"))
     assert {"prepare", "train"} <= rows.keys(), proc.stdout
-    assert int(rows["prepare"][1]) == len(shard_list(workflow)) <= included and int(rows["train"][1]) == 2, proc.stdout
-    assert rows["train"][-1] == "gpu" and rows["prepare"][-1] == "cpu", proc.stdout
+    assert int(rows["prepare"]["jobs"]) == len(shard_list(workflow)) <= included and int(rows["train"]["jobs"]) == 2, proc.stdout
+    assert rows["train"]["slurm_partition"] == "gpu" and rows["train"].get("gpu") == "1", proc.stdout
+    assert rows["prepare"]["slurm_partition"] == "cpu" and "gpu" not in rows["prepare"], proc.stdout
+    assert {"ensemble", "infer_ensemble", "metrics", "provenance"} <= rows.keys(), proc.stdout
     assert (tmp_path / "dag.dot").read_text().count("->") > 20
     if shutil.which("dot"):
         assert (tmp_path / "rulegraph.svg").stat().st_size > 1000
@@ -487,6 +488,6 @@ def test_plan_lists_jobs_and_resources(workflow: Path, tmp_path: Path) -> None:
 def test_lint_is_clean() -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run([*SNAKEMAKE, "--lint", "--configfile", "config/demo.yaml"], cwd=REPO, env=env, capture_output=True,
-                          text=True)
+                          text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Congratulations" in out, out[-5000:]

@@ -3,6 +3,8 @@ dry-run text; the same checks against a live SLURM: tests/test_e2e.py::test_plan
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cohortseg.plan import check_against_cluster, cluster, parse_dry_run
 
 SINFO = """cpu*|32|190000|(null)|1-00:00:00|(null)
@@ -75,8 +77,16 @@ def test_group_job_is_the_sum_of_its_members() -> None:
     assert not any("prep" in p or "prepare" in p for p in alone), alone
 
 
-def test_group_components_from_args_and_profile() -> None:
-    from cohortseg.plan import group_components
+def test_group_components_from_args_and_profile(tmp_path: Path) -> None:
+    from cohortseg.plan import group_components, one_job_per_group
 
     assert group_components(["--group-components", "prep=2", "x=3", "--jobs", "4"]) == {"prep": 2, "x": 3}
-    assert group_components(["--profile", "profiles/slurm"]) == {"prep": 10}
+    # the shipped profiles group nothing (Snakemake's split group jobs after checkpoints are unreliable)
+    assert group_components(["--profile", "profiles/slurm"]) == {}
+    assert one_job_per_group(["--profile", "profiles/slurm"]) == []
+    (tmp_path / "config.yaml").write_text("groups: [prepare=prep, metrics=light]\ngroup-components: [prep=4]\n")
+    assert group_components(["--profile", str(tmp_path)]) == {"prep": 4}
+    # the dry run of the plan forms one group job per group; the submissions are rebuilt from prep=4
+    assert one_job_per_group(["--profile", str(tmp_path)]) == ["--group-components", "light=1000000", "prep=1000000"]
+    assert one_job_per_group(["--groups", "prepare=prep", "--group-components", "prep=2"]) == \
+        ["--group-components", "prep=1000000"]
