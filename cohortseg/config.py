@@ -50,11 +50,12 @@ def check_semantics(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"UNETR needs preprocess.size divisible by 16, got {size}")
         if train["unetr_hidden_size"] % train["unetr_heads"]:
             raise ConfigError("train.unetr_hidden_size must be divisible by train.unetr_heads")
-    if train["model"] == "unet":
+    if train["model"] in ("unet", "segresnet"):
         div = 2 ** (train["levels"] - 1)
         size = cfg["preprocess"]["size"]
         if any(s % div for s in size):
-            raise ConfigError(f"a {train['levels']}-level U-Net needs preprocess.size divisible by {div}, got {size}")
+            raise ConfigError(f"a {train['levels']}-level {train['model']} needs preprocess.size divisible by {div}, "
+                              f"got {size}")
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

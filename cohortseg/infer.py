@@ -9,7 +9,9 @@ exactly the converted image's shape and affine and overlays on it in 3D Slicer.
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,26 @@ from .preprocess import check_image, inference_transform, load_subject
 from .util import log, save_nifti, write_json
 
 
+FLIPS = [dims for k in range(4) for dims in itertools.combinations((2, 3, 4), k)]
+
+
+def average_probabilities(models: list[torch.nn.Module], x: torch.Tensor, window: Callable[[Any, torch.Tensor], Any],
+                          n_labels: int, tta_flip: bool = False) -> torch.Tensor:
+    """Mean class probabilities of ``models`` on ``x`` (B,1,D,H,W), each through ``window`` (sliding-window
+    inference); with ``tta_flip`` also over the 8 mirrorings of the input, each mirrored back."""
+    acc, n = None, 0
+    with torch.no_grad():
+        for m in models:
+            for dims in FLIPS if tta_flip else [()]:
+                xin = torch.flip(x, dims) if dims else x
+                p = probabilities(window(m, xin), n_labels)
+                p = (torch.flip(p, dims) if dims else p).cpu()
+                acc = p if acc is None else acc + p
+                n += 1
+    assert acc is not None
+    return acc / n
+
+
 def predict(models: list[torch.nn.Module], meta: dict[str, Any], cfg: dict[str, Any], image_path: str | Path,
             device: torch.device) -> tuple[nib.Nifti1Image, dict[str, Any]]:
     from monai.inferers import sliding_window_inference
@@ -36,14 +58,8 @@ def predict(models: list[torch.nn.Module], meta: dict[str, Any], cfg: dict[str, 
     pre = inference_transform(model_cfg)(subj)
     x = pre["image"][tio.DATA][None].float().to(device)
     ic = cfg["infer"]
-    acc = None
-    with torch.no_grad():
-        for m in models:
-            logits = sliding_window_inference(x, meta["size"], 1, m, overlap=ic["overlap"], mode=ic["mode"])
-            p = probabilities(logits, n_labels).cpu()
-            acc = p if acc is None else acc + p
-    assert acc is not None
-    probs = (acc / len(models))[0]
+    window = lambda m, v: sliding_window_inference(v, meta["size"], 1, m, overlap=ic["overlap"], mode=ic["mode"])  # noqa: E731
+    probs = average_probabilities(models, x, window, n_labels, bool(ic["tta_flip"]))[0]
     prob_img = tio.ScalarImage(tensor=probs, affine=pre["image"].affine)
     back = tio.Resample(subj["image"], image_interpolation="linear")(prob_img)
     label = discretise(back.data[None], n_labels, ic["threshold"])[0, 0].numpy().astype(np.uint8)

@@ -35,6 +35,15 @@ def build_model(train: dict[str, Any], n_labels: int, size: list[int]) -> nn.Mod
             hidden_size=hidden, mlp_dim=4 * hidden, num_heads=int(train["unetr_heads"]), proj_type="conv",
             norm_name="instance",
         )
+    if train["model"] == "segresnet":
+        from monai.networks.nets import SegResNet
+
+        levels = int(train["levels"])
+        return SegResNet(
+            spatial_dims=3, in_channels=1, out_channels=out, init_filters=int(train["base_filters"]),
+            blocks_down=tuple(min(2 ** i, 4) for i in range(levels)), blocks_up=(1,) * (levels - 1),
+            norm=("INSTANCE", {"affine": True}),
+        )
     raise ValueError(f"unknown model {train['model']!r}")
 
 

@@ -40,7 +40,7 @@ def test_generator_is_deterministic_from_its_seed(tmp_path):
     assert _tree_digest(tmp_path / "a") != _tree_digest(tmp_path / "c")
 
 
-@pytest.mark.parametrize("model", ["unet", "unetr"])
+@pytest.mark.parametrize("model", ["unet", "unetr", "segresnet"])
 @pytest.mark.parametrize("n_labels", [1, 2])
 def test_models_train_a_step_and_round_trip_weights_only(tmp_path, model, n_labels):
     from cohortseg.config import load
@@ -66,3 +66,37 @@ def test_models_train_a_step_and_round_trip_weights_only(tmp_path, model, n_labe
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(net(x), net2(x))
+
+
+def test_flip_tta_averages_the_mirrored_predictions():
+    """Test-time flips: a mirror-equivariant model gives the plain prediction back; any other model gives
+    the mean over the 8 mirrorings, each mirrored back (computed here by hand)."""
+    import itertools
+
+    from cohortseg.infer import average_probabilities
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 6, 8, 10)
+    window = lambda m, v: m(v)  # noqa: E731
+    ramp = torch.linspace(-2, 2, 10)
+
+    class Equivariant(torch.nn.Module):  # voxel-wise: mirroring commutes with it
+        def forward(self, v):
+            return v * 3
+
+    class Ramped(torch.nn.Module):  # depends on position along the last axis
+        def forward(self, v):
+            return v + ramp
+
+    plain = average_probabilities([Equivariant()], x, window, 1)
+    torch.testing.assert_close(average_probabilities([Equivariant()], x, window, 1, tta_flip=True), plain)
+    by_hand = []
+    for k in range(4):
+        for dims in itertools.combinations((2, 3, 4), k):
+            v = torch.flip(x, dims) if dims else x
+            p = torch.sigmoid(Ramped()(v))
+            by_hand.append(torch.flip(p, dims) if dims else p)
+    assert len(by_hand) == 8
+    got = average_probabilities([Ramped()], x, window, 1, tta_flip=True)
+    torch.testing.assert_close(got, torch.stack(by_hand).mean(0))
+    assert not torch.allclose(got, average_probabilities([Ramped()], x, window, 1))
