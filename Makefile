@@ -47,6 +47,7 @@ demo: $(STAMP) $(DEMO_DATA)/cohort.json
 	echo "  metrics:         results/metrics/summary.tsv (per case: results/metrics/cases.tsv)"; \
 	echo "  cohort audit:    results/cohort/excluded.tsv, results/cohort/exclusion_summary.tsv"; \
 	echo "  predictions:     results/predictions/ensemble/ (in each subject's source space)"; \
+	echo "  exported models: results/export/ (TorchScript, ONNX, 3D Slicer package; parity in export.json)"; \
 	echo ""; cat results/cohort/summary.txt; echo ""; \
 	$(BIN)/python -m cohortseg.show results/metrics/summary.tsv
 

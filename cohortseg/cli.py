@@ -107,6 +107,19 @@ def cmd_ensemble(a: argparse.Namespace) -> None:
     build_ensemble([str(Path(a.models) / f"fold{k}" / "model.pt") for k in range(n)], n, a.out)
 
 
+def cmd_export(a: argparse.Namespace) -> None:
+    from .export import run
+
+    cfg = _cfg(a)
+    out = Path(a.out)
+    info = run(cfg, a.ensemble, out, out / "export.json", a.volume, a.threads, cfg["export"]["tolerance"])
+    for stem, m in info["models"].items():
+        print(f"{stem}: {out / m['torchscript']} {out / m['onnx']} (max abs diff TorchScript "
+              f"{m['torchscript_max_abs_diff']:.3g}, ONNX {m['onnx_max_abs_diff']:.3g})")
+    slicer = info["slicer"]
+    print(f"3D Slicer package: {out / slicer['zip'] if 'zip' in slicer else slicer['skipped']}")
+
+
 def cmd_infer(a: argparse.Namespace) -> None:
     from .infer import run
 
@@ -224,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("ensemble", cmd_ensemble, "check every declared fold and write the ensemble manifest")
     sp.add_argument("--models", default="results/models")
     sp.add_argument("--out", default="results/models/ensemble.json")
+
+    sp = add("export", cmd_export, "TorchScript/ONNX of each fold and the ensemble (parity-checked) and a 3D Slicer package")
+    sp.add_argument("--ensemble", default="results/models/ensemble.json")
+    sp.add_argument("--out", default="results/export")
+    sp.add_argument("--volume", help="preprocessed image for the parity check (default: a seeded normal volume)")
+    sp.add_argument("--threads", type=int, default=1)
 
     sp = add("infer", cmd_infer, "predict one image with a fold model or the ensemble, in its own space")
     sp.add_argument("image")

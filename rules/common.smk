@@ -37,6 +37,7 @@ STAGE_CONFIG = {
     "split": ["split", "seed"],
     "train": ["train", "preprocess", "labels", "seed", "deterministic"],
     "ensemble": ["split"],
+    "export": ["export", "study", "seed"],
     "infer": ["infer", "seed", "deterministic"],
     "metrics": ["labels"],
     "report": ["report"],
@@ -177,4 +178,6 @@ def all_outputs(wildcards):
     targets += [f"results/predictions/shards/{shard}.json" for shard in ensemble_shards()]
     targets += [f"results/report/overlays/{s}.png" for s in overlay_subjects()]
     targets += [f"results/predictions_external/{c}/{k}.nii.gz" for c, k in external_cases()]
+    if config["export"]["enabled"]:
+        targets.append("results/export/export.json")
     return targets

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-STAGES = ["demo-cohort", "index", "select", "convert", "preprocess", "split", "train", "ensemble", "infer", "metrics"]
+STAGES = ["demo-cohort", "index", "select", "convert", "preprocess", "split", "train", "ensemble", "export", "infer", "metrics"]
 
 
 def test_cli_lists_every_stage():

@@ -1,0 +1,222 @@
+"""Export of the trained models for use outside cohortseg: TorchScript and ONNX of each fold and of the
+fold ensemble, with a parity check, and a 3D Slicer package (SlicerMONAIAuto3DSeg layout).
+
+Every export is of the *window network*: the input is one window of ``size`` voxels (B, 1, *size) of
+an image already preprocessed as the model's ``meta["preprocess"]`` says, the output its class
+probabilities (sigmoid for one label, softmax otherwise; the ensemble's mean over folds). Sliding-window
+inference, resampling and the inverse mapping to the source space stay with the caller, as in
+``cohortseg infer``.
+
+Parity: the exported TorchScript and ONNX (onnxruntime, CPU) programs and the PyTorch model run the
+same sliding-window inference over a test volume; the largest absolute difference of the probabilities
+is recorded in ``export.json`` and must not exceed ``tolerance`` (1e-4), else the export fails.
+
+The Slicer package (``<name>-v<version>.zip``) holds ``<name>/model.pt`` in the checkpoint format the
+SlicerMONAIAuto3DSeg extension's SegResNet-type inference script loads (``config`` with the network as a
+MONAI ``_target_`` spec, ``state_dict``, preprocessing keys) and ``<name>/labels.csv`` with the label
+values and names. That script normalises with MONAI's ``NormalizeIntensity(nonzero=True)``; only a
+model trained with ``preprocess.normalisation: zscore`` has that normalisation, so the package is
+refused for percentile-normalised models. Models are read with ``torch.load(weights_only=True)`` only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .model import build_model, load_model, probabilities
+from .util import atomic_path, log, write_json
+
+TOLERANCE = 1e-4
+
+
+class Probabilities(nn.Module):
+    """The mean class probabilities of one or more fold networks on a window."""
+
+    def __init__(self, models: list[nn.Module], n_labels: int) -> None:
+        super().__init__()
+        self.models = nn.ModuleList(models)
+        self.n_labels = n_labels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = probabilities(self.models[0](x), self.n_labels)
+        for m in self.models[1:]:
+            acc = acc + probabilities(m(x), self.n_labels)
+        return acc / len(self.models)
+
+
+def network_spec(train: dict[str, Any], n_labels: int, size: list[int]) -> dict[str, Any]:
+    """The network as a MONAI config (``_target_`` + arguments), equal to :func:`cohortseg.model.build_model`."""
+    net = build_model(train, n_labels, size)
+    from .model import n_outputs
+
+    out = n_outputs(n_labels)
+    f, levels = int(train["base_filters"]), int(train["levels"])
+    if train["model"] == "unet":
+        spec = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": out,
+                "channels": [f * 2**i for i in range(levels)], "strides": [2] * (levels - 1),
+                "num_res_units": int(train["res_units"]), "norm": "INSTANCE"}
+    elif train["model"] == "segresnet":
+        spec = {"_target_": "monai.networks.nets.SegResNet", "spatial_dims": 3, "in_channels": 1, "out_channels": out,
+                "init_filters": f, "blocks_down": [min(2**i, 4) for i in range(levels)], "blocks_up": [1] * (levels - 1),
+                "norm": ["INSTANCE", {"affine": True}]}
+    else:
+        hidden = int(train["unetr_hidden_size"])
+        spec = {"_target_": "monai.networks.nets.UNETR", "in_channels": 1, "out_channels": out, "img_size": list(size),
+                "feature_size": int(train["unetr_feature_size"]), "hidden_size": hidden, "mlp_dim": 4 * hidden,
+                "num_heads": int(train["unetr_heads"]), "proj_type": "conv", "norm_name": "instance"}
+    # the spec must build the very network cohortseg trains (same parameter names and shapes)
+    from monai.bundle import ConfigParser
+
+    rebuilt = ConfigParser(spec).get_parsed_content()
+    ours = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    if ours != theirs:
+        raise RuntimeError(f"network spec of {train['model']} does not rebuild cohortseg's network")
+    return spec
+
+
+def _sliding(fn: Any, volume: torch.Tensor, size: list[int]) -> torch.Tensor:
+    from monai.inferers import sliding_window_inference
+
+    with torch.no_grad():
+        return sliding_window_inference(volume, size, 1, fn, overlap=0.5, mode="gaussian")
+
+
+def parity(reference: nn.Module, torchscript: Path, onnx_path: Path, volume: torch.Tensor,
+           size: list[int]) -> dict[str, float]:
+    """Largest absolute difference of the probabilities over ``volume`` (TorchScript, ONNX vs PyTorch)."""
+    import onnxruntime as ort
+
+    ts = torch.jit.load(str(torchscript), map_location="cpu").eval()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def run_onnx(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(sess.run(None, {name: x.contiguous().numpy()})[0])
+
+    ref = _sliding(reference, volume, size)
+    return {"torchscript_max_abs_diff": float((_sliding(ts, volume, size) - ref).abs().max()),
+            "onnx_max_abs_diff": float((_sliding(run_onnx, volume, size) - ref).abs().max())}
+
+
+def export_network(module: nn.Module, size: list[int], out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """``<stem>.ts`` (TorchScript, traced) and ``<stem>.onnx`` of a window network."""
+    module = module.eval()
+    example = torch.zeros(1, 1, *size)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ts_path, onnx_path = out_dir / f"{stem}.ts", out_dir / f"{stem}.onnx"
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example)
+    # saved through a buffer: a file name would become the archive's top folder (the temp name differs per run)
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    with atomic_path(ts_path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    with atomic_path(onnx_path) as tmp:
+        prog = torch.onnx.export(module, (example,), dynamo=True, input_names=["image"],
+                                 output_names=["probabilities"], optimize=True, verbose=False)
+        assert prog is not None
+        prog.save(str(tmp))
+    return ts_path, onnx_path
+
+
+def test_volume(size: list[int], volume: str | Path | None, seed: int) -> torch.Tensor:
+    """A preprocessed test image (B=1, C=1) or, without one, a seeded normal volume 1.5x the window."""
+    if volume is not None:
+        import nibabel as nib
+
+        data = np.asanyarray(nib.load(str(volume)).dataobj).astype(np.float32)
+        return torch.from_numpy(data)[None, None]
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 1, *[int(s * 1.5) for s in size], generator=g)
+
+
+def labels_csv(labels: list[str]) -> str:
+    """labels.csv as SlicerMONAIAuto3DSeg reads it (generic DICOM 'Tissue' codes: set terminology in Slicer)."""
+    seqs = ["SegmentedPropertyCategoryCodeSequence", "SegmentedPropertyTypeCodeSequence",
+            "SegmentedPropertyTypeModifierCodeSequence", "AnatomicRegionSequence", "AnatomicRegionModifierSequence"]
+    fields = ["CodingSchemeDesignator", "CodeValue", "CodeMeaning"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["LabelValue", "Name"] + [f"{s}.{f}" for s in seqs for f in fields])
+    tissue = ["SCT", "85756007", "Tissue"]
+    for v, name in enumerate(labels, start=1):
+        w.writerow([v, name] + tissue + tissue + [""] * 9)
+    return buf.getvalue()
+
+
+def slicer_package(model_path: str | Path, out_zip: str | Path, name: str, version: str) -> dict[str, Any]:
+    """A SlicerMONAIAuto3DSeg model package of one fold: ``<name>/model.pt`` + ``<name>/labels.csv``."""
+    blob = torch.load(model_path, map_location="cpu", weights_only=True)
+    meta = blob["meta"]
+    pp = meta["preprocess"]
+    if pp["normalisation"] != "zscore":
+        raise ValueError(f"{model_path}: a Slicer package needs preprocess.normalisation zscore (MONAI's "
+                         f"NormalizeIntensity(nonzero=True) in the extension), this model uses {pp['normalisation']!r}")
+    n_labels = len(meta["labels"])
+    config = {
+        "network": network_spec(meta["train"], n_labels, meta["size"]),
+        "roi_size": list(meta["size"]), "resample_resolution": [float(s) for s in pp["spacing"]],
+        "orientation_ras": True, "crop_foreground": False, "normalize_mode": "meanstd", "intensity_bounds": [0, 1],
+        "sigmoid": n_labels == 1, "bundle_root": name, "labels": list(meta["labels"]),
+    }
+    checkpoint = {"config": config, "state_dict": blob["state_dict"], "epoch": int(meta.get("best_epoch", 0)),
+                  "best_metric": float(meta.get("best_val_dice", 0.0))}
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    with atomic_path(out_zip) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        # fixed member dates: the same model gives the same zip
+        for member, data in ((f"{name}/model.pt", buf.getvalue()), (f"{name}/labels.csv", labels_csv(list(meta["labels"])))):
+            z.writestr(zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+    return {"zip": Path(out_zip).name, "name": name, "version": version, "fold": meta["fold"]}
+
+
+def run(cfg: dict[str, Any], manifest_path: str | Path, out_dir: str | Path, info_out: str | Path,
+        volume: str | Path | None = None, threads: int = 1, tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """Export every fold of the ensemble manifest and the ensemble; parity of each; the Slicer package."""
+    from .util import set_threads
+
+    set_threads(threads)
+    torch.manual_seed(int(cfg["seed"]))
+    manifest = json.loads(Path(manifest_path).read_text())
+    out = Path(out_dir)
+    loaded = [load_model(e["path"], "cpu") for e in manifest["folds"]]
+    meta = loaded[0][1]
+    size, n_labels = list(meta["size"]), len(meta["labels"])
+    vol = test_volume(size, volume, int(cfg["seed"]))
+    info: dict[str, Any] = {"window": size, "labels": meta["labels"], "preprocess": meta["preprocess"],
+                            "test_volume": "preprocessed test image" if volume is not None else "seeded normal volume",
+                            "tolerance": tolerance, "models": {}}
+    units = [(f"fold{e['fold']}", Probabilities([m], n_labels)) for e, (m, _) in zip(manifest["folds"], loaded)]
+    units.append(("ensemble", Probabilities([m for m, _ in loaded], n_labels)))
+    for stem, module in units:
+        t0 = time.time()
+        ts_path, onnx_path = export_network(module, size, out, stem)
+        diffs = parity(module, ts_path, onnx_path, vol, size)
+        # no timings in export.json: the same models give the same bytes (checked by the SLURM test)
+        info["models"][stem] = {"torchscript": ts_path.name, "onnx": onnx_path.name, **diffs}
+        log.info("export %s in %.1f s: TorchScript max abs diff %.3g, ONNX %.3g", stem, time.time() - t0,
+                 diffs["torchscript_max_abs_diff"], diffs["onnx_max_abs_diff"])
+        worst = max(diffs.values())
+        if worst > tolerance:
+            raise RuntimeError(f"export {stem}: exported program differs from PyTorch by {worst:.3g} > {tolerance}")
+    if meta["preprocess"]["normalisation"] == "zscore":
+        best = max(manifest["folds"], key=lambda e: e["best_val_dice"])
+        name = f"cohortseg-{cfg['study']}"
+        info["slicer"] = slicer_package(best["path"], out / f"{name}-v1.0.0.zip", name, "1.0.0")
+    else:
+        info["slicer"] = {"skipped": "percentile-normalised model: the Slicer extension normalises by z-score"}
+    write_json(info_out, info)
+    return info

@@ -1,0 +1,78 @@
+"""Export (`cohortseg export`): TorchScript and ONNX of each fold and of the ensemble agree with PyTorch
+within 1e-4 over a sliding-window pass on a test volume; the 3D Slicer package rebuilds the network from
+its MONAI spec the way the SlicerMONAIAuto3DSeg extension does and gives the same output."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from cohortseg.config import load
+
+
+def _fold_models(tmp_path: Path, model: str, normalisation: str = "zscore") -> tuple[dict, Path]:
+    from cohortseg.ensemble import build_ensemble
+    from cohortseg.model import build_model, save_model
+
+    cfg = load(None, {"study": "unit", "labels": ["anterior", "posterior"],
+                      "train": {"model": model, "base_filters": 4, "levels": 3, "unetr_hidden_size": 48,
+                                "unetr_heads": 4, "unetr_feature_size": 8},
+                      "preprocess": {"size": [16, 16, 16], "normalisation": normalisation}})
+    paths = []
+    for k in range(2):
+        torch.manual_seed(k)
+        net = build_model(cfg["train"], 2, [16, 16, 16])
+        p = tmp_path / f"fold{k}" / "model.pt"
+        p.parent.mkdir()
+        save_model(p, net, {"fold": k, "labels": cfg["labels"], "size": [16, 16, 16], "train": cfg["train"],
+                            "preprocess": cfg["preprocess"], "best_epoch": 3, "best_val_dice": 0.5 + k / 10})
+        paths.append(str(p))
+    build_ensemble(paths, 2, tmp_path / "ensemble.json")
+    return cfg, tmp_path / "ensemble.json"
+
+
+@pytest.mark.parametrize("model", ["unet", "segresnet", "unetr"])
+def test_exports_match_pytorch_and_slicer_package_loads(tmp_path: Path, model: str) -> None:
+    from monai.bundle import ConfigParser
+
+    from cohortseg.export import run
+    from cohortseg.model import load_model
+
+    cfg, manifest = _fold_models(tmp_path, model)
+    info = run(cfg, manifest, tmp_path / "export", tmp_path / "export" / "export.json")
+    assert set(info["models"]) == {"fold0", "fold1", "ensemble"}
+    for stem, m in info["models"].items():
+        assert m["torchscript_max_abs_diff"] <= 1e-4 and m["onnx_max_abs_diff"] <= 1e-4, (stem, m)
+        assert (tmp_path / "export" / f"{stem}.onnx").stat().st_size > 1000
+    print(model, {k: (v["torchscript_max_abs_diff"], v["onnx_max_abs_diff"]) for k, v in info["models"].items()})
+    # the Slicer package: the better fold (fold1), loaded as the extension does
+    z = zipfile.ZipFile(tmp_path / "export" / info["slicer"]["zip"])
+    name = "cohortseg-unit"
+    assert sorted(z.namelist()) == [f"{name}/labels.csv", f"{name}/model.pt"]
+    ck = torch.load(io.BytesIO(z.read(f"{name}/model.pt")), map_location="cpu", weights_only=True)
+    net = ConfigParser(ck["config"]["network"]).get_parsed_content()
+    net.load_state_dict(ck["state_dict"], strict=True)
+    ours, _ = load_model(tmp_path / "fold1" / "model.pt")
+    x = torch.randn(1, 1, 16, 16, 16)
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), ours(x))
+    assert ck["config"]["roi_size"] == [16, 16, 16] and ck["config"]["normalize_mode"] == "meanstd"
+    rows = list(csv.DictReader(io.StringIO(z.read(f"{name}/labels.csv").decode())))
+    assert [(r["LabelValue"], r["Name"]) for r in rows] == [("1", "anterior"), ("2", "posterior")]
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["slicer"]["fold"] == 1
+
+
+def test_slicer_package_refuses_percentile_models(tmp_path: Path) -> None:
+    from cohortseg.export import slicer_package
+
+    _fold_models(tmp_path, "unet", normalisation="percentile")
+    with pytest.raises(ValueError, match="zscore"):
+        slicer_package(tmp_path / "fold0" / "model.pt", tmp_path / "x.zip", "x", "1.0.0")
+    assert not (tmp_path / "x.zip").exists()
