@@ -11,7 +11,7 @@ DEMO_CONFIG := config/demo.yaml
 DEMO_DATA := data/demo
 CORES ?= 2
 
-.PHONY: install demo demo-data test lint plan repro locks clean clean-demo help
+.PHONY: install demo demo-data test lint plan repro locks nnunet-env clean clean-demo help
 
 help:
 	@echo "make demo   - generate the synthetic DICOM cohort and run the whole workflow on CPU"
@@ -67,6 +67,18 @@ repro: $(STAMP) $(DEMO_DATA)/cohort.json
 	@echo ""; cat results/repro/summary.txt; echo ""; \
 	echo "  tables:    results/repro/stages.tsv, files.tsv, metrics_variability.tsv"; \
 	echo "  dashboard: results/repro/dashboard.png (and section 7 of the report: snakemake --report)"
+
+# the nnU-Net v2 baseline of benchmarks/bench_hippocampus.py, in an environment of its own: nnunetv2
+# pulls timm and with it torchvision, and the only torchvision build reachable here is a CUDA one that
+# fails to import beside CPU torch; nnU-Net's 3d_fullres training does not import it, so it is removed
+nnunet-env: .venv-nnunet/.installed
+.venv-nnunet/.installed: | $(STAMP)
+	@test -x .venv-nnunet/bin/python || $(PYTHON) -m venv .venv-nnunet
+	.venv-nnunet/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+	$(BIN)/uv pip install -q --python .venv-nnunet/bin/python "torch==2.13.0" "nnunetv2==2.8.1"
+	$(BIN)/uv pip uninstall -q --python .venv-nnunet/bin/python torchvision
+	.venv-nnunet/bin/python -c "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer"
+	@touch $@
 
 # lock files of the whole stack for x86-64 (A100 nodes; manylinux_2_34 because pylibjpeg-libjpeg's
 # x86-64 wheels need glibc >= 2.31) and aarch64 (Grace-Hopper; wheels only, checked by tests/test_envs.py)

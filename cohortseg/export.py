@@ -123,13 +123,49 @@ def export_network(module: nn.Module, size: list[int], out_dir: Path, stem: str)
     buf = io.BytesIO()
     torch.jit.save(traced, buf)
     with atomic_path(ts_path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+        tmp.write_bytes(_without_debug_records(buf.getvalue()))
     with atomic_path(onnx_path) as tmp:
         prog = torch.onnx.export(module, (example,), dynamo=True, input_names=["image"],
                                  output_names=["probabilities"], optimize=True, verbose=False)
         assert prog is not None
         prog.save(str(tmp))
+        _strip_stack_traces(tmp)
     return ts_path, onnx_path
+
+
+def _without_debug_records(archive: bytes) -> bytes:
+    """A TorchScript archive without its ``*.debug_pkl`` records: they hold the tracing call stacks, with
+    the absolute paths of the package and the environment (the same model exported from two checkouts
+    would differ, and an export would reveal local paths); ``torch.jit.load`` does not need them."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            if not info.filename.endswith(".debug_pkl"):
+                dst.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), src.read(info))
+    return out.getvalue()
+
+
+def _strip_stack_traces(path: Path) -> None:
+    """Drop the exporter's per-node Python stack traces (absolute source paths) from an ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path))
+
+    def graphs(g: Any) -> Any:
+        yield g
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.g.node:
+                    yield from graphs(attr.g)
+                for sub in attr.graphs:
+                    yield from graphs(sub)
+
+    nodes = [n for g in graphs(model.graph) for n in g.node] + [n for f in model.functions for n in f.node]
+    for node in nodes:
+        keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    onnx.save(model, str(path))
 
 
 def test_volume(size: list[int], volume: str | Path | None, seed: int) -> torch.Tensor:

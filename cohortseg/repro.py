@@ -289,7 +289,9 @@ def metric_variability(trees: list[Path], threshold: float) -> pd.DataFrame:
             if len(wide) < 2 or wide.shape[1] < 2:
                 continue
             x = wide.to_numpy(float)
-            within = float(np.sqrt(np.mean(np.var(x, axis=1, ddof=1))))
+            # deviations from each subject's first execution: identical executions give exactly 0 (the
+            # variance of three equal floats around their computed mean can be 1e-35, not 0)
+            within = float(np.sqrt(np.mean(np.var(x - x[:, :1], axis=1, ddof=1))))
             between = float(np.std(x.mean(axis=1), ddof=1))
             ratio = within / between if between > 0 else (0.0 if within == 0 else float("inf"))
             rows.append({"model": model, "label": label, "metric": m, "subjects": len(wide), "executions": x.shape[1],

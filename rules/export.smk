@@ -9,7 +9,7 @@ rule export:
         info="results/export/export.json",
     params:
         code=fingerprint("export"),
-        out_dir="results/export",
+        out_dir=lambda wc, output: os.path.dirname(output.info),
         volume=lambda wc: f"results/preproc/{fold_val(0)[0]}/image.nii",
     log:
         "logs/export.log",

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import cohortseg
 from cohortseg.config import load
+
+PACKAGE = str(Path(cohortseg.__file__).resolve().parent).encode()
 
 
 def _fold_models(tmp_path: Path, model: str, normalisation: str = "zscore") -> tuple[dict, Path]:
@@ -50,6 +53,10 @@ def test_exports_match_pytorch_and_slicer_package_loads(tmp_path: Path, model: s
     for stem, m in info["models"].items():
         assert m["torchscript_max_abs_diff"] <= 1e-4 and m["onnx_max_abs_diff"] <= 1e-4, (stem, m)
         assert (tmp_path / "export" / f"{stem}.onnx").stat().st_size > 1000
+        # no local path in an export: the same model exported from another checkout gives the same bytes
+        for f in (m["torchscript"], m["onnx"]):
+            data = (tmp_path / "export" / f).read_bytes()
+            assert PACKAGE not in data and b"site-packages" not in data, f
     print(model, {k: (v["torchscript_max_abs_diff"], v["onnx_max_abs_diff"]) for k, v in info["models"].items()})
     # the Slicer package: the better fold (fold1), loaded as the extension does
     z = zipfile.ZipFile(tmp_path / "export" / info["slicer"]["zip"])

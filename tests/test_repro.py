@@ -46,6 +46,11 @@ def test_metric_variability_and_alert(tmp_path: Path) -> None:
     noisy = metric_variability(trees, 0.1).set_index("metric")
     assert noisy.loc["dice", "sd_ratio"] > 0.1 and noisy.loc["dice", "alert"]
     assert noisy.loc["dice", "icc_3_1"] < 1.0 and not noisy.loc["hd95", "alert"]
+    # three identical executions: SD exactly 0 (around their computed mean, three 0.7s vary by 1.8e-32)
+    for t in trees:
+        pd.DataFrame({"model": "ensemble", "subject": ["s0", "s1"], "label": "lesion", "status": "ok",
+                      "dice": [0.7, 0.1 + 0.2]}).to_csv(t / "results" / "metrics" / "cases.tsv", sep="\t", index=False)
+    assert metric_variability(trees, 0.1).set_index("metric").loc["dice", "inter_execution_sd"] == 0
 
 
 def test_wall_clock_fields_are_left_out_of_the_comparison(tmp_path: Path) -> None:
