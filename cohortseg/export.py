@@ -123,7 +123,7 @@ def export_network(module: nn.Module, size: list[int], out_dir: Path, stem: str)
     buf = io.BytesIO()
     torch.jit.save(traced, buf)
     with atomic_path(ts_path) as tmp:
-        tmp.write_bytes(_without_debug_records(buf.getvalue()))
+        tmp.write_bytes(_reproducible_archive(buf.getvalue()))
     with atomic_path(onnx_path) as tmp:
         prog = torch.onnx.export(module, (example,), dynamo=True, input_names=["image"],
                                  output_names=["probabilities"], optimize=True, verbose=False)
@@ -133,15 +133,24 @@ def export_network(module: nn.Module, size: list[int], out_dir: Path, stem: str)
     return ts_path, onnx_path
 
 
-def _without_debug_records(archive: bytes) -> bytes:
-    """A TorchScript archive without its ``*.debug_pkl`` records: they hold the tracing call stacks, with
-    the absolute paths of the package and the environment (the same model exported from two checkouts
-    would differ, and an export would reveal local paths); ``torch.jit.load`` does not need them."""
+def _reproducible_archive(archive: bytes) -> bytes:
+    """A TorchScript archive made reproducible: without its ``*.debug_pkl`` records (the tracing call
+    stacks, with the absolute paths of the package and the environment: the same model exported from two
+    checkouts would differ, and an export would reveal local paths; ``torch.jit.load`` does not need
+    them) and with ``.data/serialization_id`` (partly random per save) derived from the other records."""
+    import hashlib
+
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(archive)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
-        for info in src.infolist():
-            if not info.filename.endswith(".debug_pkl"):
-                dst.writestr(zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0)), src.read(info))
+        records = [(i.filename, src.read(i)) for i in src.infolist() if not i.filename.endswith(".debug_pkl")]
+        digest = hashlib.sha256()
+        for name, data in records:
+            if not name.endswith(".data/serialization_id"):
+                digest.update(name.encode() + b"\0" + data)
+        sid = str(int(digest.hexdigest(), 16))[:40].encode()
+        for name, data in records:
+            data = sid if name.endswith(".data/serialization_id") else data
+            dst.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
     return out.getvalue()
 
 
@@ -212,9 +221,10 @@ def slicer_package(model_path: str | Path, out_zip: str | Path, name: str, versi
                   "best_metric": float(meta.get("best_val_dice", 0.0))}
     buf = io.BytesIO()
     torch.save(checkpoint, buf)
+    model_pt = _reproducible_archive(buf.getvalue())
     with atomic_path(out_zip) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         # fixed member dates: the same model gives the same zip
-        for member, data in ((f"{name}/model.pt", buf.getvalue()), (f"{name}/labels.csv", labels_csv(list(meta["labels"])))):
+        for member, data in ((f"{name}/model.pt", model_pt), (f"{name}/labels.csv", labels_csv(list(meta["labels"])))):
             z.writestr(zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
     return {"zip": Path(out_zip).name, "name": name, "version": version, "fold": meta["fold"]}
 

@@ -189,7 +189,8 @@ def check_against_cluster(jobs: pd.DataFrame, parts: dict[str, dict[str, object]
         for k in str(r["unknown_resources"]).split(","):
             problems.setdefault(f"res:{r['rule']}:{k}", f"rule {r['rule']}: resource {k!r} is unknown to the slurm "
                                 f"executor (a typo in the profile's set-resources?)")
-    for sub in submissions(jobs, components):
+    # in a fixed order: the job named for a rule's problem does not depend on the dry run's job order
+    for sub in sorted(submissions(jobs, components), key=lambda s: (s["rule"], s["what"])):
         name = sub["partition"] if isinstance(sub["partition"], str) and sub["partition"] else default
         key = f"{sub['rule']}:{name}"
         if name not in parts:
