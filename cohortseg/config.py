@@ -44,18 +44,28 @@ def check_semantics(cfg: dict[str, Any]) -> None:
     if cfg["source"] == "nifti" and not (cfg["nifti"]["images"] or cfg["nifti"]["table"]):
         raise ConfigError("source: nifti needs nifti.images (a folder) or nifti.table (a TSV of paths)")
     train = cfg["train"]
+    size, key = cfg["preprocess"]["size"], "preprocess.size"
+    patch = train["patch"]["size"]
+    if patch is not None:
+        if any(p > s for p, s in zip(patch, size)):
+            raise ConfigError(f"train.patch.size {patch} exceeds the preprocessed volume (preprocess.size {size})")
+        size, key = patch, "train.patch.size"
     if train["model"] == "unetr":
-        size = cfg["preprocess"]["size"]
         if any(s % 16 for s in size):
-            raise ConfigError(f"UNETR needs preprocess.size divisible by 16, got {size}")
+            raise ConfigError(f"UNETR needs {key} divisible by 16, got {size}")
         if train["unetr_hidden_size"] % train["unetr_heads"]:
             raise ConfigError("train.unetr_hidden_size must be divisible by train.unetr_heads")
     if train["model"] in ("unet", "segresnet"):
         div = 2 ** (train["levels"] - 1)
-        size = cfg["preprocess"]["size"]
         if any(s % div for s in size):
-            raise ConfigError(f"a {train['levels']}-level {train['model']} needs preprocess.size divisible by {div}, "
+            raise ConfigError(f"a {train['levels']}-level {train['model']} needs {key} divisible by {div}, "
                               f"got {size}")
+
+
+def loader_workers(cfg: dict[str, Any]) -> int:
+    """Loader worker processes a training job runs beside its ``resources.train_threads`` (patch mode only)."""
+    train = cfg["train"]
+    return int(train["workers"]) if train["patch"]["size"] is not None else 0
 
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

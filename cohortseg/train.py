@@ -1,8 +1,16 @@
 """Training of one cross-validation fold.
 
-Deterministic on CPU by default: the seed of a fold is ``seed + fold``; TorchIO draws its
-augmentation parameters from torch's generator and the loader shuffles with its own seeded
-generator (no worker processes), so two runs give the same weights bit for bit.
+Two loaders. Whole-volume (``train.patch.size`` null, volumes small enough to fit the network whole):
+the preprocessed volumes are held in memory and TorchIO augments them in the training process.
+Patch (``train.patch.size`` set): label-aware patches read from the memory-mapped preprocessed
+volumes by worker processes (:mod:`cohortseg.patches`); the window of validation, inference and
+export is then the patch. Mixed precision (``train.precision``: bf16 by default on CUDA),
+channels-last and ``torch.compile`` are options of both.
+
+Deterministic on CPU by default: the seed of a fold is ``seed + fold``; in whole-volume mode TorchIO
+draws its augmentation parameters from torch's generator and the loader shuffles with its own seeded
+generator (no worker processes); in patch mode every sample draws from its own generator seeded with
+(seed, epoch, sample), whatever the number of workers. Two runs give the same weights bit for bit.
 
 Surviving a cluster: after every epoch an atomic checkpoint (model, optimiser, scheduler, epoch,
 history, best state and every RNG state) is written next to, not among, the rule's outputs,
@@ -30,6 +38,7 @@ from torchio.transforms.augmentation import RandomTransform
 
 from . import __version__
 from .model import build_loss, build_model, discretise, probabilities, save_model, target
+from .patches import EpochSampler, PatchDataset, patch_loader
 from .util import atomic_path, log, save_torch, seed_everything, write_json, write_tsv
 
 
@@ -123,6 +132,22 @@ def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
+def _precision(name: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """(autocast dtype or None for float32, GradScaler or None) for ``train.precision``.
+
+    auto = bfloat16 on a CUDA device that supports it (A100, H100: same exponent range as float32, no
+    loss scaling), float32 elsewhere. float16 needs CUDA and a GradScaler (its state is checkpointed)."""
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name == "fp32":
+        return None, None
+    if name == "bf16":
+        return torch.bfloat16, None
+    if device.type != "cuda":
+        raise ValueError("train.precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -174,11 +199,18 @@ def train_fold(
     fold_split = splits["folds"][fold]
     if not fold_split["train"] or not fold_split["val"]:
         raise ValueError(f"fold {fold} has an empty training or validation set: {fold_split}")
-    train_cases = load_cases(preproc_dir, fold_split["train"])
+    pc = tc["patch"]
+    patch_mode = pc["size"] is not None
+    volume_size = [int(s) for s in cfg["preprocess"]["size"]]
+    # the network's window: the patch in patch mode, the whole preprocessed volume otherwise
+    size = [int(s) for s in pc["size"]] if patch_mode else volume_size
     val_cases = load_cases(preproc_dir, fold_split["val"])
-    size = [int(s) for s in cfg["preprocess"]["size"]]
 
     model = build_model(tc, n_labels, size).to(device)
+    if tc["channels_last"]:
+        model = model.to(memory_format=torch.channels_last_3d)
+    dtype, scaler = _precision(tc["precision"], device)
+    step_model: Any = torch.compile(model) if tc["compile"] else model
     loss_fn = build_loss(float(tc["loss_alpha"]), n_labels)
     opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]), weight_decay=float(tc["weight_decay"]))
     epochs = int(tc["epochs"])
@@ -189,9 +221,20 @@ def train_fold(
     else:
         sched = None
     loader_gen = torch.Generator().manual_seed(seed)
-    dataset = tio.SubjectsDataset(train_cases, transform=augmentation(cfg))
-    loader = tio.SubjectsLoader(dataset, batch_size=int(tc["batch_size"]), shuffle=True, num_workers=0,
-                                generator=loader_gen, drop_last=len(train_cases) > int(tc["batch_size"]))
+    sampler: EpochSampler | None = None
+    if patch_mode:
+        pre = Path(preproc_dir)
+        pdata = PatchDataset([(s, pre / s / "image.nii", pre / s / "label.nii") for s in fold_split["train"]], size,
+                             n_labels, seed, int(pc["samples_per_volume"]), float(pc["foreground_fraction"]),
+                             augmentation(cfg))
+        sampler = EpochSampler(pdata.per_epoch, seed)
+        loader: Any = patch_loader(pdata, sampler, int(tc["batch_size"]), int(tc["workers"]), int(tc["prefetch"]),
+                                   pin_memory=device.type == "cuda")
+    else:
+        train_cases = load_cases(preproc_dir, fold_split["train"])
+        dataset = tio.SubjectsDataset(train_cases, transform=augmentation(cfg))
+        loader = tio.SubjectsLoader(dataset, batch_size=int(tc["batch_size"]), shuffle=True, num_workers=0,
+                                    generator=loader_gen, drop_last=len(train_cases) > int(tc["batch_size"]))
 
     fp = fingerprint(cfg, fold, splits, code)
     ckpt_path = Path(checkpoint)
@@ -204,6 +247,8 @@ def train_fold(
             opt.load_state_dict(ck["optimizer"])
             if sched is not None and ck.get("scheduler") is not None:
                 sched.load_state_dict(ck["scheduler"])
+            if scaler is not None and ck.get("scaler") is not None:
+                scaler.load_state_dict(ck["scaler"])
             start_epoch, history = int(ck["epoch"]) + 1, list(ck["history"])
             best_dice, best_epoch, wait = float(ck["best_dice"]), int(ck["best_epoch"]), int(ck["wait"])
             best_state = ck["best_state"]
@@ -229,15 +274,27 @@ def train_fold(
             t0 = time.time()
             model.train()
             losses = []
+            if sampler is not None:
+                sampler.epoch = epoch
             for batch in loader:
                 if stop_signal:
                     raise Preempted(stop_signal[0])
-                x = batch["image"][tio.DATA].float().to(device)
-                y = batch["label"][tio.DATA].to(device)
+                x, y = (batch["image"], batch["label"]) if patch_mode else (batch["image"][tio.DATA], batch["label"][tio.DATA])
+                x = x.float().to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                if tc["channels_last"]:
+                    x = x.contiguous(memory_format=torch.channels_last_3d)
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), target(y, n_labels))
-                loss.backward()
-                opt.step()
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    logits = step_model(x)
+                loss = loss_fn(logits.float(), target(y, n_labels))
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
                 losses.append(float(loss.detach()))
             model.eval()
             vl, vd = [], []
@@ -245,7 +302,8 @@ def train_fold(
                 for case in val_cases:
                     x = case["image"][tio.DATA][None].float().to(device)
                     y = case["label"][tio.DATA][None].to(device)
-                    logits = sliding_window_inference(x, size, 1, model, overlap=0.25, mode="gaussian")
+                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                        logits = sliding_window_inference(x, size, 1, model, overlap=0.25, mode="gaussian").float()
                     vl.append(float(loss_fn(logits, target(y, n_labels))))
                     pred = discretise(probabilities(logits, n_labels), n_labels)
                     vd.append(dice_per_label(pred.cpu(), y.cpu(), n_labels))
@@ -269,7 +327,8 @@ def train_fold(
             log.info("fold %d epoch %d: loss %.4f val_loss %.4f val_dice %.4f (best %.4f @ %d) %.1fs", fold, epoch,
                      row["train_loss"], row["val_loss"], mean_dice, best_dice, best_epoch, row["seconds"])
             ck = {"fingerprint": fp, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                  "scheduler": sched.state_dict() if sched is not None else None, "history": history,
+                  "scheduler": sched.state_dict() if sched is not None else None,
+                  "scaler": scaler.state_dict() if scaler is not None else None, "history": history,
                   "best_dice": best_dice, "best_epoch": best_epoch, "wait": wait, "best_state": best_state,
                   "rng": _rng_state(loader_gen)}
             save_torch(ck, ckpt_path)
@@ -282,7 +341,7 @@ def train_fold(
     hist = pd.DataFrame(history)
     wall = time.time() - t_start
     meta = {
-        "cohortseg": __version__, "fold": fold, "labels": labels, "size": size, "train": tc,
+        "cohortseg": __version__, "fold": fold, "labels": labels, "size": size, "volume_size": volume_size, "train": tc,
         "preprocess": cfg["preprocess"], "seed": seed, "best_epoch": best_epoch, "best_val_dice": best_dice,
         "fingerprint": fp,
     }
@@ -295,6 +354,8 @@ def train_fold(
         "train_subjects": fold_split["train"], "val_subjects": fold_split["val"],
         "train_seconds_total": float(hist["seconds"].sum()), "wall_seconds_this_run": wall,
         "device": str(device), "threads": threads, "deterministic": cfg["deterministic"],
+        "precision": str(dtype).replace("torch.", "") if dtype is not None else "float32",
+        "loader": {"mode": "patch" if patch_mode else "volume", "workers": int(tc["workers"]) if patch_mode else 0},
         "versions": versions(), "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine()},
         "config": cfg,
     }

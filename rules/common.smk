@@ -9,7 +9,7 @@ import pandas as pd
 from snakemake.utils import validate
 
 from cohortseg.codehash import stage_hash
-from cohortseg.config import check_semantics, section_hash
+from cohortseg.config import check_semantics, loader_workers, section_hash
 from cohortseg.prepare import CONFIG_SECTIONS as PREPARE_SECTIONS, shard_of, shards
 
 validate(config, "../config/config.schema.yaml", set_default=True)

@@ -18,7 +18,8 @@ rule train:
         checkpoint="results/checkpoints/fold{fold}.pt",
     log:
         "logs/train/fold{fold}.log",
-    threads: RES["train_threads"]
+    # the network's threads plus the patch loader's worker processes (one thread each)
+    threads: RES["train_threads"] + loader_workers(config)
     resources:
         mem_mb=lambda wc, attempt: RES["train_mem_mb"] * attempt,
         # a retry after the wall time resumes from the checkpoint, with twice (three times...) the time
