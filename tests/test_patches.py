@@ -145,3 +145,21 @@ def test_patch_training_is_deterministic_and_window_is_the_patch(volumes, tmp_pa
     model, meta = load_model(tmp_path / "a" / "model.pt")
     out, _ = predict([model], meta, cfg, root / names[5] / "image.nii", torch.device("cpu"))
     assert out.shape == (32, 32, 32) and np.allclose(out.affine, AFFINE)
+
+
+def test_compiled_channels_last_patch_training_runs(volumes, tmp_path):
+    """torch.compile (inductor, needs a C++ compiler) and channels-last in the training step; the model
+    file holds the plain network's weights (no compile wrapper prefixes), loadable for inference."""
+    root, names = volumes
+    cfg = config_mod.load(None, {
+        "preprocess": {"size": [32, 32, 32]}, "labels": ["a", "b"],
+        "train": {"levels": 3, "base_filters": 8, "res_units": 1, "epochs": 1, "batch_size": 4, "device": "cpu",
+                  "patch": {"size": [16, 16, 16]}, "compile": True, "channels_last": True}})
+    d = tmp_path / "c"
+    train_fold(cfg, 0, {"folds": [{"train": names[:4], "val": names[4:]}]}, root, d / "model.pt", d / "h.tsv",
+               d / "c.png", d / "train.json", d / "ck.pt")
+    from cohortseg.model import load_model
+
+    model, meta = load_model(d / "model.pt")
+    assert not any("_orig_mod" in k for k in model.state_dict())
+    assert meta["train"]["compile"] is True
