@@ -146,7 +146,8 @@ def test_config_reference_is_generated_from_the_schema():
 def test_shipped_configs_validate():
     from cohortseg.config import REPO_ROOT
 
-    for path in ("config/config.yaml", "config/demo.yaml", "tests/config/tiny.yaml"):
+    for path in ("config/config.yaml", "config/demo.yaml", "config/hippocampus.yaml", "config/hippocampus-gpu.yaml",
+                 "config/shared_corpus.yaml", "tests/config/tiny.yaml"):
         load(REPO_ROOT / path)
 
 
