@@ -21,6 +21,7 @@ and ``dice_ratio`` = cohortseg mean / nnU-Net mean. cohortseg's figure is its be
 (per-case mean on the preprocessed grid); nnU-Net's is its final weights' validation Dice.
 Without ``.venv-nnunet`` (or with ``--no-nnunet``) the comparison is skipped and said so.
 Usage: .venv/bin/python benchmarks/bench_hippocampus.py [--epochs N] [--work DIR] [--threads 2] [--no-nnunet]
+       (--work DIR --reuse: cohortseg's side from an earlier run in DIR, nnU-Net's run again)
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ torch.set_num_threads(threads)
 
 class BudgetTrainer(nnUNetTrainer):
     # nnU-Net's trainer, its epochs shortened to 50 iterations and their number fitted to a wall-time budget
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
+    # nnUNetTrainer.__init__ records its own arguments by name from locals(): same signature, no *args
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_iterations_per_epoch = 50
         self.num_val_iterations_per_epoch = 10
         self.num_epochs = 1000
@@ -88,6 +90,7 @@ class BudgetTrainer(nnUNetTrainer):
 
 
 plans = load_json(f"{pre}/nnUNetPlans.json")
+plans["continue_training"] = False  # what nnunetv2.run.run_training.get_trainer_from_args sets
 dataset = load_json(f"{pre}/dataset.json")
 trainer = BudgetTrainer(plans, "3d_fullres", 0, dataset, device=torch.device("cpu"))
 seconds = trainer.run_training()
@@ -142,6 +145,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-nnunet", action="store_true", help="skip the nnU-Net baseline")
     ap.add_argument("--nnunet-python", default=str(REPO / ".venv-nnunet" / "bin" / "python"))
+    ap.add_argument("--reuse", action="store_true",
+                    help="take cohortseg's side from an earlier run in --work (its times and history) and run nnU-Net")
+    ap.add_argument("--nnunet-budget", type=float, default=None,
+                    help="nnU-Net training seconds (default: cohortseg's fold-0 training time; smaller for a smoke test)")
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"{DATA} is missing (see ../shared/README.md)")
@@ -151,20 +158,28 @@ def main() -> None:
     over: dict = {"nifti": {"images": str(DATA / "imagesTr"), "labels": str(DATA / "labelsTr")}}
     if args.epochs:
         over["train"] = {"epochs": args.epochs}
-    times = {"index": stage(work, cfg, over, "index"), "select": stage(work, cfg, over, "select")}
     import pandas as pd
 
     from cohortseg.config import load
     from cohortseg.prepare import shards
 
     conf = load(cfg, over)
-    inc = pd.read_csv(work / "results" / "cohort" / "included.tsv", sep="\t")
-    t0 = time.perf_counter()
-    for sh in sorted(shards(list(inc["subject"]), conf["pseudonym"]["prefix"], conf["prepare"]["shard_digits"])):
-        stage(work, cfg, over, "prepare", "--shard", sh, "--threads", str(args.threads))
-    times["prepare"] = time.perf_counter() - t0
-    times["split"] = stage(work, cfg, over, "split")
-    times["train_fold0"] = stage(work, cfg, over, "train", "0", "--threads", str(args.threads))
+    times_file = work / "bench_times.json"
+    if args.reuse:
+        if not times_file.exists():
+            sys.exit(f"--reuse: {times_file} is missing (run once without --reuse)")
+        times = json.loads(times_file.read_text())
+        inc = pd.read_csv(work / "results" / "cohort" / "included.tsv", sep="\t")
+    else:
+        times = {"index": stage(work, cfg, over, "index"), "select": stage(work, cfg, over, "select")}
+        inc = pd.read_csv(work / "results" / "cohort" / "included.tsv", sep="\t")
+        t0 = time.perf_counter()
+        for sh in sorted(shards(list(inc["subject"]), conf["pseudonym"]["prefix"], conf["prepare"]["shard_digits"])):
+            stage(work, cfg, over, "prepare", "--shard", sh, "--threads", str(args.threads))
+        times["prepare"] = time.perf_counter() - t0
+        times["split"] = stage(work, cfg, over, "split")
+        times["train_fold0"] = stage(work, cfg, over, "train", "0", "--threads", str(args.threads))
+        times_file.write_text(json.dumps(times))
     hist = pd.read_csv(work / "results" / "models" / "fold0" / "history.tsv", sep="\t")
     best = hist.loc[hist["val_dice"].idxmax()]
     splits = json.loads((work / "results" / "splits.json").read_text())
@@ -185,7 +200,7 @@ def main() -> None:
     rows = (work / "private" / "id_map.tsv").read_text().splitlines()[1:]  # subject -> case name (MSD file stem)
     id_map = dict(line.split("\t") for line in rows if line)
     nn = run_nnunet(work, nn_python, list(conf["labels"]), id_map, splits["folds"][0], list(inc["subject"]),
-                    times["train_fold0"], args.threads)
+                    args.nnunet_budget or times["train_fold0"], args.threads)
     print(f"nnunet_preprocess_s={nn['preprocess_s']:.1f} nnunet_train_s={nn['train_s']:.1f} "
           f"nnunet_epochs={nn['epochs']} nnunet_train_and_validation_s={nn['train_and_validation_s']:.1f}")
     for i, name in enumerate(conf["labels"], start=1):
@@ -193,7 +208,7 @@ def main() -> None:
     print(f"nnunet_val_dice_mean={nn['mean']:.4f}")
     print(f"workdir={work}")
     print(f"val_dice_mean={ours:.4f}")
-    print(f"dice_ratio={ours / nn['mean']:.3f}")
+    print(f"dice_ratio={ours / nn['mean']:.3f}" if nn["mean"] > 0 else "dice_ratio=inf (nnU-Net's Dice is 0)")
 
 
 if __name__ == "__main__":
