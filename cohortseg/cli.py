@@ -125,8 +125,10 @@ def cmd_infer(a: argparse.Namespace) -> None:
 
     cfg = _cfg(a)
     out = Path(a.out)
+    if sum(bool(x) for x in (a.model, a.ensemble, a.exported)) != 1:
+        raise ValueError("give one of --model (repeatable), --ensemble or --exported")
     run(cfg, a.name, [(a.case, a.image, str(out), str(out.with_suffix("").with_suffix(".json")))], a.model or None,
-        a.ensemble, a.threads)
+        a.ensemble, a.threads, exported=a.exported)
 
 
 def cmd_metrics(a: argparse.Namespace) -> None:
@@ -251,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--case", default="case")
     sp.add_argument("--model", action="append", help="fold model.pt (repeatable)")
     sp.add_argument("--ensemble", help="ensemble manifest (results/models/ensemble.json)")
+    sp.add_argument("--exported", help="exported program, results/export/<name>.ts or .onnx (reads export.json beside it)")
     sp.add_argument("--threads", type=int, default=1)
 
     sp = add("metrics", cmd_metrics, "Dice/IoU/HD95/HD/average HD/volumes per case and summaries")

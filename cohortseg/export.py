@@ -5,7 +5,9 @@ Every export is of the *window network*: the input is one window of ``size`` vox
 an image already preprocessed as the model's ``meta["preprocess"]`` says, the output its class
 probabilities (sigmoid for one label, softmax otherwise; the ensemble's mean over folds). Sliding-window
 inference, resampling and the inverse mapping to the source space stay with the caller, as in
-``cohortseg infer``.
+``cohortseg infer`` (which runs an export itself with ``--exported``). An image smaller than the window
+must be padded as in training: ``export.json`` records the rule (``input_padding``: ``image_minimum``,
+the normalised image's minimum, see :mod:`cohortseg.window`).
 
 Parity: the exported TorchScript and ONNX (onnxruntime, CPU) programs and the PyTorch model run the
 same sliding-window inference over a test volume; the largest absolute difference of the probabilities
@@ -14,9 +16,13 @@ is recorded in ``export.json`` and must not exceed ``tolerance`` (1e-4), else th
 The Slicer package (``<name>-v<version>.zip``) holds ``<name>/model.pt`` in the checkpoint format the
 SlicerMONAIAuto3DSeg extension's SegResNet-type inference script loads (``config`` with the network as a
 MONAI ``_target_`` spec, ``state_dict``, preprocessing keys) and ``<name>/labels.csv`` with the label
-values and names. That script normalises with MONAI's ``NormalizeIntensity(nonzero=True)``; only a
-model trained with ``preprocess.normalisation: zscore`` has that normalisation, so the package is
-refused for percentile-normalised models. Models are read with ``torch.load(weights_only=True)`` only.
+values and names, and ``<name>/README.md`` saying what input the network expects. That script
+normalises with MONAI's ``NormalizeIntensity(nonzero=True)``; only a model trained with
+``preprocess.normalisation: zscore`` has that normalisation, so the package is refused for
+percentile-normalised models. The extension's script differs from training in two places the package
+cannot change (its README says so): it pads windows with 0 where training padded with the normalised
+image's minimum, and it leaves zero-valued voxels at 0 where training z-scored them too; its output is
+therefore exact only for images at least as large as the window that have no zero-valued voxels. Models are read with ``torch.load(weights_only=True)`` only.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .exported import onnx_predictor, torchscript_predictor
 from .model import build_model, load_model, probabilities
 from .util import atomic_path, log, write_json
+from .window import KNOWN, model_padding, sliding_window
 
 TOLERANCE = 1e-4
 
@@ -85,30 +93,17 @@ def network_spec(train: dict[str, Any], n_labels: int, size: list[int]) -> dict[
     return spec
 
 
-def _sliding(fn: Any, volume: torch.Tensor, size: list[int]) -> torch.Tensor:
-    from monai.inferers import sliding_window_inference
-
-    with torch.no_grad():
-        return sliding_window_inference(volume, size, 1, fn, overlap=0.5, mode="gaussian")
-
-
 def parity(reference: nn.Module, torchscript: Path, onnx_path: Path, volume: torch.Tensor,
-           size: list[int]) -> dict[str, float]:
-    """Largest absolute difference of the probabilities over ``volume`` (TorchScript, ONNX vs PyTorch)."""
-    import onnxruntime as ort
+           size: list[int], padding: str) -> dict[str, float]:
+    """Largest absolute difference of the probabilities over ``volume`` (TorchScript, ONNX vs PyTorch), each
+    slid over it exactly as inference slides a model (same windows, blending and input padding)."""
 
-    ts = torch.jit.load(str(torchscript), map_location="cpu").eval()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
+    def slide(fn: Any) -> torch.Tensor:
+        return sliding_window(fn, volume, size, padding, overlap=0.5, mode="gaussian")
 
-    def run_onnx(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(sess.run(None, {name: x.contiguous().numpy()})[0])
-
-    ref = _sliding(reference, volume, size)
-    return {"torchscript_max_abs_diff": float((_sliding(ts, volume, size) - ref).abs().max()),
-            "onnx_max_abs_diff": float((_sliding(run_onnx, volume, size) - ref).abs().max())}
+    ref = slide(reference)
+    return {"torchscript_max_abs_diff": float((slide(torchscript_predictor(torchscript)) - ref).abs().max()),
+            "onnx_max_abs_diff": float((slide(onnx_predictor(onnx_path)) - ref).abs().max())}
 
 
 def export_network(module: nn.Module, size: list[int], out_dir: Path, stem: str) -> tuple[Path, Path]:
@@ -211,8 +206,9 @@ def slicer_package(model_path: str | Path, out_zip: str | Path, name: str, versi
         raise ValueError(f"{model_path}: a Slicer package needs preprocess.normalisation zscore (MONAI's "
                          f"NormalizeIntensity(nonzero=True) in the extension), this model uses {pp['normalisation']!r}")
     n_labels = len(meta["labels"])
+    padding = model_padding(meta, str(model_path))
     config = {
-        "network": network_spec(meta["train"], n_labels, meta["size"]),
+        "network": network_spec(meta["train"], n_labels, meta["size"]), "input_padding": padding,
         "roi_size": list(meta["size"]), "resample_resolution": [float(s) for s in pp["spacing"]],
         "orientation_ras": True, "crop_foreground": False, "normalize_mode": "meanstd", "intensity_bounds": [0, 1],
         "sigmoid": n_labels == 1, "bundle_root": name, "labels": list(meta["labels"]),
@@ -224,9 +220,34 @@ def slicer_package(model_path: str | Path, out_zip: str | Path, name: str, versi
     model_pt = _reproducible_archive(buf.getvalue())
     with atomic_path(out_zip) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
         # fixed member dates: the same model gives the same zip
-        for member, data in ((f"{name}/model.pt", model_pt), (f"{name}/labels.csv", labels_csv(list(meta["labels"])))):
+        members = ((f"{name}/model.pt", model_pt), (f"{name}/labels.csv", labels_csv(list(meta["labels"]))),
+                   (f"{name}/README.md", slicer_readme(name, meta, padding)))
+        for member, data in members:
             z.writestr(zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
     return {"zip": Path(out_zip).name, "name": name, "version": version, "fold": meta["fold"]}
+
+
+def slicer_readme(name: str, meta: dict[str, Any], padding: str) -> str:
+    """What input the packaged network expects, and where the SlicerMONAIAuto3DSeg script differs."""
+    pp = meta["preprocess"]
+    return f"""# {name}: a cohortseg model for the SlicerMONAIAuto3DSeg extension
+
+Labels: {", ".join(f"{v} = {n}" for v, n in enumerate(meta["labels"], start=1))}.
+Window (roi_size): {list(meta["size"])} voxels at {list(pp["spacing"])} mm, RAS orientation.
+
+## Input the network expects (how it was trained)
+1. Reoriented to RAS and resampled to {list(pp["spacing"])} mm (linear).
+2. Z-scored with the mean and SD of the non-zero voxels, applied to *every* voxel (zeros included).
+3. Where the image is smaller than the window, padded with a constant: {KNOWN[padding]}
+   (`input_padding: {padding}` in model.pt's config).
+
+## Where the extension's script differs
+- It pads windows with 0 (MONAI's default), not with the normalised image's minimum.
+- `NormalizeIntensity(nonzero=True)` leaves zero-valued voxels at 0 instead of z-scoring them.
+Its segmentation therefore equals cohortseg's only for an image at least as large as the window in
+every axis and without zero-valued voxels. For any other image use `cohortseg infer` with this model
+(or its TorchScript/ONNX export and `cohortseg infer --exported`), which applies the rule above.
+"""
 
 
 def run(cfg: dict[str, Any], manifest_path: str | Path, out_dir: str | Path, info_out: str | Path,
@@ -241,8 +262,10 @@ def run(cfg: dict[str, Any], manifest_path: str | Path, out_dir: str | Path, inf
     loaded = [load_model(e["path"], "cpu") for e in manifest["folds"]]
     meta = loaded[0][1]
     size, n_labels = list(meta["size"]), len(meta["labels"])
+    padding = model_padding(meta, str(manifest["folds"][0]["path"]))
     vol = test_volume(size, volume, int(cfg["seed"]))
     info: dict[str, Any] = {"window": size, "labels": meta["labels"], "preprocess": meta["preprocess"],
+                            "input_padding": padding,
                             "test_volume": "preprocessed test image" if volume is not None else "seeded normal volume",
                             "tolerance": tolerance, "models": {}}
     units = [(f"fold{e['fold']}", Probabilities([m], n_labels)) for e, (m, _) in zip(manifest["folds"], loaded)]
@@ -250,9 +273,10 @@ def run(cfg: dict[str, Any], manifest_path: str | Path, out_dir: str | Path, inf
     for stem, module in units:
         t0 = time.time()
         ts_path, onnx_path = export_network(module, size, out, stem)
-        diffs = parity(module, ts_path, onnx_path, vol, size)
+        diffs = parity(module, ts_path, onnx_path, vol, size, padding)
         # no timings in export.json: the same models give the same bytes (checked by the SLURM test)
-        info["models"][stem] = {"torchscript": ts_path.name, "onnx": onnx_path.name, **diffs}
+        info["models"][stem] = {"torchscript": ts_path.name, "onnx": onnx_path.name, "n_models": len(module.models),
+                                **diffs}
         log.info("export %s in %.1f s: TorchScript max abs diff %.3g, ONNX %.3g", stem, time.time() - t0,
                  diffs["torchscript_max_abs_diff"], diffs["onnx_max_abs_diff"])
         worst = max(diffs.values())

@@ -1,7 +1,9 @@
 """Sliding-window inference of one fold or of the fold ensemble, written in the source space.
 
 The converted image is brought to the training space (canonical orientation, training spacing,
-same normalisation; no crop: windows cover any size), the models' probabilities are averaged,
+same normalisation; no crop: windows cover any size, and an image smaller than the window is padded
+by the input rule the model file records, see :mod:`cohortseg.window`), the models' probabilities
+are averaged,
 and the averaged probability maps are resampled linearly through world space onto the converted
 image's own grid before thresholding (argmax for several labels). The prediction therefore has
 exactly the converted image's shape and affine and overlays on it in 3D Slicer.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,45 +26,51 @@ from .ensemble import models_from_manifest
 from .model import discretise, load_model, probabilities
 from .preprocess import check_image, inference_transform, load_subject
 from .util import log, save_nifti, write_json
+from .window import model_padding, sliding_window
 
 
 FLIPS = [dims for k in range(4) for dims in itertools.combinations((2, 3, 4), k)]
 
+# a network on one window (1, 1, *window) -> class probabilities (1, C, *window)
+Predictor = Callable[[torch.Tensor], torch.Tensor]
 
-def average_probabilities(models: list[torch.nn.Module], x: torch.Tensor, window: Callable[[Any, torch.Tensor], Any],
-                          n_labels: int, tta_flip: bool = False) -> torch.Tensor:
-    """Mean class probabilities of ``models`` on ``x`` (B,1,D,H,W), each through ``window`` (sliding-window
-    inference); with ``tta_flip`` also over the 8 mirrorings of the input, each mirrored back."""
+
+def network_predictor(model: torch.nn.Module, n_labels: int) -> Predictor:
+    """A fold network (logits) as a predictor of class probabilities."""
+    return lambda x: probabilities(model(x), n_labels)
+
+
+def average_probabilities(predictors: list[Predictor], x: torch.Tensor, window: Sequence[int], padding: str,
+                          overlap: float = 0.5, mode: str = "gaussian", tta_flip: bool = False) -> torch.Tensor:
+    """Mean class probabilities of ``predictors`` slid over ``x`` (1,1,D,H,W) in ``window``-sized windows,
+    padded by the models' ``padding`` rule; with ``tta_flip`` also over the 8 mirrorings of the input, each
+    mirrored back (mirroring leaves the padding constant unchanged)."""
     acc, n = None, 0
-    with torch.no_grad():
-        for m in models:
-            for dims in FLIPS if tta_flip else [()]:
-                xin = torch.flip(x, dims) if dims else x
-                p = probabilities(window(m, xin), n_labels)
-                p = (torch.flip(p, dims) if dims else p).cpu()
-                acc = p if acc is None else acc + p
-                n += 1
+    for predictor in predictors:
+        for dims in FLIPS if tta_flip else [()]:
+            xin = torch.flip(x, dims) if dims else x
+            p = sliding_window(predictor, xin, window, padding, overlap=overlap, mode=mode)
+            p = (torch.flip(p, dims) if dims else p).cpu()
+            acc = p if acc is None else acc + p
+            n += 1
     assert acc is not None
     return acc / n
 
 
-def predict(models: list[torch.nn.Module], meta: dict[str, Any], cfg: dict[str, Any], image_path: str | Path,
-            device: torch.device) -> tuple[nib.Nifti1Image, dict[str, Any]]:
-    from monai.inferers import sliding_window_inference
-
+def predict(predictors: list[Predictor], meta: dict[str, Any], infer_cfg: dict[str, Any], image_path: str | Path,
+            device: torch.device | str = "cpu") -> tuple[nib.Nifti1Image, dict[str, Any]]:
+    """The source-space segmentation of ``image_path`` by ``predictors``, which share ``meta`` (labels,
+    window ``size``, ``preprocess`` and ``input_padding`` of the model file or export)."""
     n_labels = len(meta["labels"])
+    padding = model_padding(meta, str(meta.get("source", "model")))
     subj = load_subject(image_path)
     check_image(subj["image"], str(Path(image_path).parent.name))
     # the model's own preprocessing, so a model folder is self-contained
-    model_cfg = {**cfg, "preprocess": meta["preprocess"]}
-    pre = inference_transform(model_cfg)(subj)
+    pre = inference_transform({"preprocess": meta["preprocess"]})(subj)
     x = pre["image"][tio.DATA][None].float().to(device)
-    ic = cfg["infer"]
-    window = lambda m, v: sliding_window_inference(v, meta["size"], 1, m, overlap=ic["overlap"], mode=ic["mode"])  # noqa: E731
-    probs = average_probabilities(models, x, window, n_labels, bool(ic["tta_flip"]))[0]
-    prob_img = tio.ScalarImage(tensor=probs, affine=pre["image"].affine)
-    back = tio.Resample(subj["image"], image_interpolation="linear")(prob_img)
-    label = discretise(back.data[None], n_labels, ic["threshold"])[0, 0].numpy().astype(np.uint8)
+    probs = average_probabilities(predictors, x, meta["size"], padding, float(infer_cfg["overlap"]),
+                                  str(infer_cfg["mode"]), bool(infer_cfg["tta_flip"]))[0]
+    label = to_source_space(probs, pre["image"].affine, subj["image"], n_labels, float(infer_cfg["threshold"]))
     src = nib.load(str(image_path))
     if label.shape != src.shape[:3]:
         raise RuntimeError(f"prediction shape {label.shape} does not match the source {src.shape}")
@@ -75,33 +83,58 @@ def predict(models: list[torch.nn.Module], meta: dict[str, Any], cfg: dict[str, 
     return out, info
 
 
+def to_source_space(probs: torch.Tensor, affine: np.ndarray, source: tio.ScalarImage, n_labels: int,
+                    threshold: float) -> np.ndarray:
+    """Probability maps (C, ...) on the grid ``affine`` resampled linearly through world space onto the
+    source image's grid, then discretised (threshold for one label, argmax otherwise)."""
+    prob_img = tio.ScalarImage(tensor=probs, affine=affine)
+    back = tio.Resample(source, image_interpolation="linear")(prob_img)
+    return discretise(back.data[None], n_labels, threshold)[0, 0].numpy().astype(np.uint8)
+
+
+def load_predictors(model_paths: list[str] | None, manifest_path: str | Path | None, exported: str | Path | None,
+                    device: torch.device) -> tuple[list[Predictor], dict[str, Any]]:
+    """Predictors and their shared metadata from fold model files, an ensemble manifest or an exported
+    TorchScript/ONNX program (with the ``export.json`` beside it)."""
+    import json
+
+    if exported is not None:
+        from .exported import load_program
+
+        return load_program(exported)
+    if manifest_path is not None:
+        models, meta = models_from_manifest(json.loads(Path(manifest_path).read_text()), device)
+        meta = {**meta, "source": str(manifest_path)}
+    else:
+        if not model_paths:
+            raise ValueError("give fold model files, an ensemble manifest or an exported program")
+        loaded = [load_model(p, device) for p in model_paths]
+        models, meta = [m for m, _ in loaded], {**loaded[0][1], "source": str(model_paths[0])}
+    n_labels = len(meta["labels"])
+    return [network_predictor(m, n_labels) for m in models], meta
+
+
 def run(cfg: dict[str, Any], model_name: str, cases: list[tuple[str, str, str, str]], model_paths: list[str] | None,
-        manifest_path: str | Path | None, threads: int = 1) -> None:
-    """Predict ``cases`` = [(case id, image, prediction out, timing json out)] with one fold or the ensemble.
+        manifest_path: str | Path | None, threads: int = 1, exported: str | Path | None = None) -> None:
+    """Predict ``cases`` = [(case id, image, prediction out, timing json out)] with one fold, the ensemble
+    or an exported program.
 
     Models are loaded once per call, so a fold's whole validation set is one job (MONAI alone takes
     several seconds to import)."""
-    import json
-
     from .train import _resolve_device
     from .util import seed_everything, set_threads
 
     set_threads(threads)
     seed_everything(int(cfg["seed"]), cfg["deterministic"])
-    device = _resolve_device(cfg["train"]["device"])
+    device = torch.device("cpu") if exported is not None else _resolve_device(cfg["train"]["device"])
     t_load = time.time()
-    if manifest_path is not None:
-        models, meta = models_from_manifest(json.loads(Path(manifest_path).read_text()), device)
-    else:
-        assert model_paths
-        loaded = [load_model(p, device) for p in model_paths]
-        models, meta = [m for m, _ in loaded], loaded[0][1]
+    predictors, meta = load_predictors(model_paths, manifest_path, exported, device)
     load_seconds = time.time() - t_load
     for case, image, out, info_out in cases:
         t0 = time.time()
-        pred, info = predict(models, meta, cfg, image, device)
+        pred, info = predict(predictors, meta, cfg["infer"], image, device)
         save_nifti(pred, out)
-        info.update(model=model_name, subject=case, n_models=len(models), seconds=time.time() - t0,
+        info.update(model=model_name, subject=case, n_models=int(meta.get("n_models", len(predictors))), seconds=time.time() - t0,
                     model_load_seconds=load_seconds, device=str(device), threads=threads)
         write_json(info_out, info)
         log.info("%s %s: %s in %.1fs", model_name, case, info["voxels"], info["seconds"])

@@ -82,8 +82,12 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A fold network and its metadata; a file without a known input-padding record is refused."""
+    from .window import model_padding
+
     blob = torch.load(path, map_location=device, weights_only=True)
     meta = blob["meta"]
+    model_padding(meta, str(path))
     model = build_model(meta["train"], len(meta["labels"]), meta["size"])
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()

@@ -16,7 +16,7 @@ Sampling: with probability ``foreground_fraction`` a patch is centred on a voxel
 uniformly among the labels present in the volume (nnU-Net's 1/3 foreground oversampling; coordinates
 of each label are pre-computed, at most ``MAX_LOCATIONS`` per label, drawn with the seed); otherwise
 uniformly in the volume. Patches are clamped to lie inside the volume (the preprocessed volumes are
-cropped/padded to ``preprocess.size`` and the config requires the patch to fit).
+padded to at least ``preprocess.size`` and the config requires the patch to fit).
 
 Augmentation (TorchIO, the same transforms as whole-volume training) runs in the worker on the patch,
 under the patch's own affine (so "LR" flips stay left-right), with torch's RNG forked and seeded per
@@ -59,10 +59,9 @@ def foreground_locations(label: np.ndarray, n_labels: int, seed: int) -> dict[in
 
 def patch_start(shape: Sequence[int], patch: Sequence[int], locations: dict[int, np.ndarray], fg_fraction: float,
                 rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-    """Corner of a patch in a volume of ``shape``; True when it was centred on a foreground voxel."""
+    """Corner of a patch (no larger than the volume: PatchDataset checks) in a volume of ``shape``; True
+    when it was centred on a foreground voxel."""
     shape_a, patch_a = np.asarray(shape), np.asarray(patch)
-    if np.any(patch_a > shape_a):
-        raise ValueError(f"patch {list(patch)} larger than the volume {list(shape)}")
     present = [v for v, idx in sorted(locations.items()) if len(idx)]
     # draw both numbers every time so the stream does not depend on which branch is taken
     u, pick = rng.random(), rng.random(2)

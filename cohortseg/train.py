@@ -40,6 +40,7 @@ from . import __version__
 from .model import build_loss, build_model, discretise, probabilities, save_model, target
 from .patches import EpochSampler, PatchDataset, patch_loader
 from .util import atomic_path, log, save_torch, seed_everything, write_json, write_tsv
+from .window import PADDING, sliding_window, torchio_padding_mode
 
 
 class Preempted(SystemExit):
@@ -66,12 +67,36 @@ class RandomContrast(RandomTransform, tio.IntensityTransform):
         return subject
 
 
+class RandomWindow(RandomTransform, tio.SpatialTransform):
+    """A window of ``size`` voxels at a uniformly drawn position (torch's generator, so seeded and
+    checkpointed) of a preprocessed volume larger than the window. Preprocessing pads to at least the
+    window and never crops, so training sees every part of a larger volume, as sliding-window inference
+    does; a volume exactly the window's size passes through without a draw."""
+
+    def __init__(self, size: list[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.size = [int(s) for s in size]
+
+    def apply_transform(self, subject: tio.Subject) -> tio.Subject:
+        shape = [int(n) for n in subject.spatial_shape]
+        if shape == self.size:
+            return subject
+        if any(n < w for n, w in zip(shape, self.size)):
+            raise ValueError(f"{subject.get('name', 'a subject')}: preprocessed volume {shape} is smaller than the "
+                             f"window {self.size}: preprocess it again")
+        starts = [int(torch.randint(0, n - w + 1, (1,))) for n, w in zip(shape, self.size)]
+        bounds = [v for a, n, w in zip(starts, shape, self.size) for v in (a, n - w - a)]
+        return tio.Crop(tuple(bounds))(subject)
+
+
 def augmentation(cfg: dict[str, Any]) -> tio.Compose:
     a = cfg["train"]["augment"]
     p = float(cfg["train"]["augment_probability"])
     ts: list[tio.Transform] = []
     if a["rotation"] or a["scaling"]:
-        ts.append(tio.RandomAffine(scales=a["scaling"], degrees=a["rotation"], p=p))
+        # out-of-field voxels filled like every other border the network sees (cohortseg.window)
+        ts.append(tio.RandomAffine(scales=a["scaling"], degrees=a["rotation"], p=p,
+                                   default_pad_value=torchio_padding_mode(PADDING)))
     if a["elastic"]:
         ts.append(tio.RandomElasticDeformation(num_control_points=7, max_displacement=3.0, p=p))
     if a["flip"]:
@@ -93,6 +118,18 @@ def load_cases(preproc_dir: str | Path, subjects: list[str]) -> list[tio.Subject
         subj.load()
         out.append(subj)
     return out
+
+
+def logits_and_probabilities(model: torch.nn.Module, n_labels: int) -> Any:
+    """A window -> its logits and class probabilities side by side in the channel axis: one sliding
+    pass blends both, the logits for the validation loss, the probabilities for the segmentation
+    (blended as inference blends them, see cohortseg.window)."""
+
+    def both(x: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        return torch.cat([logits, probabilities(logits.float(), n_labels)], dim=1)
+
+    return both
 
 
 def dice_per_label(pred: torch.Tensor, ref: torch.Tensor, n_labels: int) -> list[float]:
@@ -183,7 +220,6 @@ def train_fold(
     history_out: str | Path, curves_out: str | Path, info_out: str | Path, checkpoint: str | Path, code: str = "",
     threads: int = 1,
 ) -> dict[str, Any]:
-    from monai.inferers import sliding_window_inference
     from tqdm import tqdm
 
     from .util import set_threads
@@ -210,6 +246,10 @@ def train_fold(
     if tc["channels_last"]:
         model = model.to(memory_format=torch.channels_last_3d)
     dtype, scaler = _precision(tc["precision"], device)
+
+    def autocast() -> torch.autocast:  # the training step's and validation's precision (a no-op for fp32)
+        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
     step_model: Any = torch.compile(model) if tc["compile"] else model
     loss_fn = build_loss(float(tc["loss_alpha"]), n_labels)
     opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]), weight_decay=float(tc["weight_decay"]))
@@ -232,7 +272,7 @@ def train_fold(
                                    pin_memory=device.type == "cuda")
     else:
         train_cases = load_cases(preproc_dir, fold_split["train"])
-        dataset = tio.SubjectsDataset(train_cases, transform=augmentation(cfg))
+        dataset = tio.SubjectsDataset(train_cases, transform=tio.Compose([RandomWindow(size), augmentation(cfg)]))
         loader = tio.SubjectsLoader(dataset, batch_size=int(tc["batch_size"]), shuffle=True, num_workers=0,
                                     generator=loader_gen, drop_last=len(train_cases) > int(tc["batch_size"]))
 
@@ -285,7 +325,7 @@ def train_fold(
                 if tc["channels_last"]:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
                 opt.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                with autocast():
                     logits = step_model(x)
                 loss = loss_fn(logits.float(), target(y, n_labels))
                 if scaler is not None:
@@ -302,10 +342,12 @@ def train_fold(
                 for case in val_cases:
                     x = case["image"][tio.DATA][None].float().to(device)
                     y = case["label"][tio.DATA][None].to(device)
-                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                        logits = sliding_window_inference(x, size, 1, model, overlap=0.25, mode="gaussian").float()
+                    with autocast():
+                        both = sliding_window(logits_and_probabilities(model, n_labels), x, size, PADDING,
+                                              overlap=0.25, mode="gaussian").float()
+                    logits, probs = both.split(both.shape[1] // 2, dim=1)
                     vl.append(float(loss_fn(logits, target(y, n_labels))))
-                    pred = discretise(probabilities(logits, n_labels), n_labels)
+                    pred = discretise(probs, n_labels)
                     vd.append(dice_per_label(pred.cpu(), y.cpu(), n_labels))
             per_label = np.mean(np.array(vd), axis=0)
             mean_dice = float(per_label.mean())
@@ -343,7 +385,7 @@ def train_fold(
     meta = {
         "cohortseg": __version__, "fold": fold, "labels": labels, "size": size, "volume_size": volume_size, "train": tc,
         "preprocess": cfg["preprocess"], "seed": seed, "best_epoch": best_epoch, "best_val_dice": best_dice,
-        "fingerprint": fp,
+        "fingerprint": fp, "input_padding": PADDING,
     }
     save_model(model_out, model, meta)
     write_tsv(history_out, hist)

@@ -61,7 +61,8 @@ def test_models_train_a_step_and_round_trip_weights_only(tmp_path, model, n_labe
     p = probabilities(logits, n_labels)
     if n_labels > 1:
         torch.testing.assert_close(p.sum(dim=1), torch.ones(2, 32, 32, 32))
-    save_model(tmp_path / "m.pt", net, {"train": cfg["train"], "labels": cfg["labels"], "size": [32, 32, 32]})
+    save_model(tmp_path / "m.pt", net, {"train": cfg["train"], "labels": cfg["labels"], "size": [32, 32, 32],
+                                        "input_padding": "image_minimum"})
     net2, meta = load_model(tmp_path / "m.pt")
     net.eval()
     with torch.no_grad():
@@ -73,11 +74,10 @@ def test_flip_tta_averages_the_mirrored_predictions():
     the mean over the 8 mirrorings, each mirrored back (computed here by hand)."""
     import itertools
 
-    from cohortseg.infer import average_probabilities
+    from cohortseg.infer import average_probabilities, network_predictor
 
     torch.manual_seed(0)
     x = torch.randn(1, 1, 6, 8, 10)
-    window = lambda m, v: m(v)  # noqa: E731
     ramp = torch.linspace(-2, 2, 10)
 
     class Equivariant(torch.nn.Module):  # voxel-wise: mirroring commutes with it
@@ -88,8 +88,12 @@ def test_flip_tta_averages_the_mirrored_predictions():
         def forward(self, v):
             return v + ramp
 
-    plain = average_probabilities([Equivariant()], x, window, 1)
-    torch.testing.assert_close(average_probabilities([Equivariant()], x, window, 1, tta_flip=True), plain)
+    def avg(model, tta=False):  # one window covering the image: the sliding pass is the network itself
+        return average_probabilities([network_predictor(model, 1)], x, [6, 8, 10], "image_minimum", tta_flip=tta)
+
+    plain = avg(Equivariant())
+    torch.testing.assert_close(plain, torch.sigmoid(x * 3))
+    torch.testing.assert_close(avg(Equivariant(), True), plain)
     by_hand = []
     for k in range(4):
         for dims in itertools.combinations((2, 3, 4), k):
@@ -97,6 +101,6 @@ def test_flip_tta_averages_the_mirrored_predictions():
             p = torch.sigmoid(Ramped()(v))
             by_hand.append(torch.flip(p, dims) if dims else p)
     assert len(by_hand) == 8
-    got = average_probabilities([Ramped()], x, window, 1, tta_flip=True)
+    got = avg(Ramped(), True)
     torch.testing.assert_close(got, torch.stack(by_hand).mean(0))
-    assert not torch.allclose(got, average_probabilities([Ramped()], x, window, 1))
+    assert not torch.allclose(got, avg(Ramped()))

@@ -115,6 +115,55 @@ def test_predictions_are_in_source_space(workflow: Path) -> None:
         assert pred.header["descrip"].tobytes().strip(b"\x00") == b""
 
 
+def test_one_case_gives_one_segmentation_on_every_path(workflow: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same case through the workflow's infer_fold / infer_ensemble rules, through `cohortseg infer`
+    (fold model, ensemble manifest) and through the exported TorchScript and ONNX programs
+    (`cohortseg infer --exported`): identical voxels on the PyTorch paths, Dice >= 0.999 for ONNX."""
+    import nibabel as nib
+    import numpy as np
+
+    from cohortseg.cli import main
+
+    r = workflow / "results"
+    splits = json.loads((r / "splits.json").read_text())
+    val, test = splits["folds"][0]["val"][0], splits["test"][0]
+    monkeypatch.chdir(workflow)
+    cfg = "tests/config/tiny.yaml"
+
+    def cli(subject: str, out: Path, *model: str) -> np.ndarray:
+        assert main(["infer", "-c", cfg, *model, str(r / "nifti" / subject / "image.nii.gz"), str(out)]) == 0
+        return np.asarray(nib.load(str(out)).dataobj)
+
+    def saved(path: Path) -> np.ndarray:
+        return np.asarray(nib.load(str(path)).dataobj)
+
+    def dice(a: np.ndarray, b: np.ndarray) -> float:
+        return 2 * float(((a > 0) & (b > 0)).sum()) / max(1, int((a > 0).sum() + (b > 0).sum()))
+
+    tmp = workflow / "paths"
+    fold_rule = saved(r / "predictions" / "fold0" / f"{val}.nii.gz")
+    ensemble_rule = saved(r / "predictions" / "ensemble" / f"{test}.nii.gz")
+    paths = {
+        "fold0: cohortseg infer --model": (fold_rule, cli(val, tmp / "fold0_cli.nii.gz", "--model", "results/models/fold0/model.pt")),
+        "fold0: TorchScript": (fold_rule, cli(val, tmp / "fold0_ts.nii.gz", "--exported", "results/export/fold0.ts")),
+        "ensemble: cohortseg infer --ensemble": (ensemble_rule, cli(test, tmp / "ens_cli.nii.gz", "--ensemble",
+                                                                    "results/models/ensemble.json")),
+        "ensemble: TorchScript": (ensemble_rule, cli(test, tmp / "ens_ts.nii.gz", "--exported", "results/export/ensemble.ts")),
+    }
+    onnx = {
+        "fold0: ONNX": (fold_rule, cli(val, tmp / "fold0_onnx.nii.gz", "--exported", "results/export/fold0.onnx")),
+        "ensemble: ONNX": (ensemble_rule, cli(test, tmp / "ens_onnx.nii.gz", "--exported", "results/export/ensemble.onnx")),
+    }
+    for name, (rule, other) in {**paths, **onnx}.items():
+        print(f"{name}: {int((other > 0).sum())} foreground voxels, rule's {int((rule > 0).sum())}, "
+              f"identical voxels {float((rule == other).mean()):.6f}, Dice {dice(rule, other):.6f}")
+    assert (fold_rule > 0).any() and (ensemble_rule > 0).any(), "empty predictions would make the comparison empty"
+    for name, (rule, other) in paths.items():
+        assert np.array_equal(rule, other), name
+    for name, (rule, other) in onnx.items():
+        assert dice(rule, other) >= 0.999, name
+
+
 def test_external_cohort_is_predicted_in_its_own_space(workflow: Path) -> None:
     import nibabel as nib
     import numpy as np

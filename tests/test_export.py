@@ -41,7 +41,8 @@ def _fold_models(tmp_path: Path, model: str, normalisation: str = "zscore") -> t
         p = tmp_path / f"fold{k}" / "model.pt"
         p.parent.mkdir()
         save_model(p, net, {"fold": k, "labels": cfg["labels"], "size": [16, 16, 16], "train": cfg["train"],
-                            "preprocess": cfg["preprocess"], "best_epoch": 3, "best_val_dice": 0.5 + k / 10})
+                            "preprocess": cfg["preprocess"], "best_epoch": 3, "best_val_dice": 0.5 + k / 10,
+                            "input_padding": "image_minimum"})
         paths.append(str(p))
     build_ensemble(paths, 2, tmp_path / "ensemble.json")
     return cfg, tmp_path / "ensemble.json"
@@ -69,7 +70,8 @@ def test_exports_match_pytorch_and_slicer_package_loads(tmp_path: Path, model: s
     # the Slicer package: the better fold (fold1), loaded as the extension does
     z = zipfile.ZipFile(tmp_path / "export" / info["slicer"]["zip"])
     name = "cohortseg-unit"
-    assert sorted(z.namelist()) == [f"{name}/labels.csv", f"{name}/model.pt"]
+    assert sorted(z.namelist()) == [f"{name}/README.md", f"{name}/labels.csv", f"{name}/model.pt"]
+    assert "normalised image's minimum" in z.read(f"{name}/README.md").decode()
     ck = torch.load(io.BytesIO(z.read(f"{name}/model.pt")), map_location="cpu", weights_only=True)
     net = ConfigParser(ck["config"]["network"]).get_parsed_content()
     net.load_state_dict(ck["state_dict"], strict=True)
@@ -79,6 +81,7 @@ def test_exports_match_pytorch_and_slicer_package_loads(tmp_path: Path, model: s
     with torch.no_grad():
         torch.testing.assert_close(net(x), ours(x))
     assert ck["config"]["roi_size"] == [16, 16, 16] and ck["config"]["normalize_mode"] == "meanstd"
+    assert ck["config"]["input_padding"] == "image_minimum"
     rows = list(csv.DictReader(io.StringIO(z.read(f"{name}/labels.csv").decode())))
     assert [(r["LabelValue"], r["Name"]) for r in rows] == [("1", "anterior"), ("2", "posterior")]
     assert json.loads((tmp_path / "export" / "export.json").read_text())["slicer"]["fold"] == 1

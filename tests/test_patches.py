@@ -139,11 +139,11 @@ def test_patch_training_is_deterministic_and_window_is_the_patch(volumes, tmp_pa
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
     # the window of inference is the patch: a whole 32^3 volume is predicted back in its own space
-    from cohortseg.infer import predict
+    from cohortseg.infer import network_predictor, predict
     from cohortseg.model import load_model
 
     model, meta = load_model(tmp_path / "a" / "model.pt")
-    out, _ = predict([model], meta, cfg, root / names[5] / "image.nii", torch.device("cpu"))
+    out, _ = predict([network_predictor(model, 2)], meta, cfg["infer"], root / names[5] / "image.nii")
     assert out.shape == (32, 32, 32) and np.allclose(out.affine, AFFINE)
 
 
