@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from cohortseg import config as config_mod  # noqa: E402
 from cohortseg.model import build_loss, build_model, target  # noqa: E402
 from cohortseg.patches import EpochSampler, PatchDataset, patch_loader  # noqa: E402
+from cohortseg.settings import TrainSettings  # noqa: E402
 from cohortseg.train import augmentation  # noqa: E402
 
 
@@ -94,7 +95,7 @@ def main() -> None:
                                  "train": {"model": a.model, "levels": a.levels, "base_filters": a.base_filters,
                                            "batch_size": a.batch, "workers": a.workers,
                                            "patch": {"size": patch, "samples_per_volume": 4}}})
-    tc = cfg["train"]
+    tc = TrainSettings.from_dict(cfg["train"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device={device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
     print(f"cpu_cores={os.cpu_count()} workers={a.workers} volume={a.volume}^3 patch={a.patch}^3 batch={a.batch} "
@@ -103,9 +104,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cases = make_cohort(Path(tmp), a.subjects, a.volume, 0)
         ds = PatchDataset(cases, patch, 2, seed=0, samples_per_volume=4, foreground_fraction=0.33,
-                          transform=augmentation(cfg))
+                          transform=augmentation(tc))
         sampler = EpochSampler(10**6, 0)
-        loader = patch_loader(ds, sampler, a.batch, a.workers, int(tc["prefetch"]), pin_memory=device.type == "cuda")
+        loader = patch_loader(ds, sampler, a.batch, a.workers, tc.prefetch, pin_memory=device.type == "cuda")
         loader_sps = rate(loader, a.samples)
         print(f"loader_samples_per_s={loader_sps:.3f}")
         print(f"loader_samples_per_s_per_worker={loader_sps / max(1, a.workers):.3f}")
@@ -115,7 +116,7 @@ def main() -> None:
 
             subjects = [tio.Subject(image=tio.ScalarImage(img), label=tio.LabelMap(lab)) for _, img, lab in cases]
             sampler_tio = tio.LabelSampler(patch, label_name="label", label_probabilities={0: 0.67, 1: 0.165, 2: 0.165})
-            queue = tio.Queue(tio.SubjectsDataset(subjects, transform=augmentation(cfg)), max_length=16,
+            queue = tio.Queue(tio.SubjectsDataset(subjects, transform=augmentation(tc)), max_length=16,
                               samples_per_volume=4, sampler=sampler_tio, num_workers=a.workers, shuffle_subjects=True,
                               shuffle_patches=True)
             tio_loader = tio.SubjectsLoader(queue, batch_size=a.batch, num_workers=0)
@@ -126,7 +127,7 @@ def main() -> None:
         if device.type == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
         model = build_model(tc, 2, patch).to(device)
-        loss_fn = build_loss(float(tc["loss_alpha"]), 2)
+        loss_fn = build_loss(tc.loss_alpha, 2)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         x = torch.randn(a.batch, 1, *patch, device=device)

@@ -79,8 +79,7 @@ def make_cohort(wd: Path, n: int) -> None:
 
     from cohortseg.config import load
     from cohortseg.index import SERIES_COLUMNS
-    from cohortseg.select import run as select_run
-    from cohortseg.split import run as split_run
+    from cohortseg import select, split
     from cohortseg.util import write_json, write_tsv
 
     (wd / "data" / "dicom").mkdir(parents=True)
@@ -106,9 +105,9 @@ def make_cohort(wd: Path, n: int) -> None:
     (priv / "id_map.tsv").write_text("subject\tpatient_id\n")
     (priv / "file_map.tsv").write_text("file\tpath\n")
     cfg = load(wd / "config" / "bench.yaml")
-    select_run(cfg, cohort / "series.tsv", cohort / "subjects.tsv", cohort / "included.tsv", cohort / "excluded.tsv",
-               cohort / "exclusion_summary.tsv", cohort / "summary.txt")
-    split_run(cfg, cohort / "included.tsv", wd / "results" / "splits.json")
+    select.run(select.Config.from_config(cfg), cohort / "series.tsv", cohort / "subjects.tsv", cohort / "included.tsv",
+               cohort / "excluded.tsv", cohort / "exclusion_summary.tsv", cohort / "summary.txt")
+    split.run(split.Config.from_config(cfg), cohort / "included.tsv", wd / "results" / "splits.json")
 
 
 def main() -> None:

@@ -31,44 +31,54 @@ def cmd_demo_cohort(a: argparse.Namespace) -> None:
 
 
 def cmd_index(a: argparse.Namespace) -> None:
-    from .index import run
+    from .index import Config, Outputs, run
 
-    cfg = _cfg(a)
-    run(cfg, a.series, a.subjects)
+    import dataclasses
+
+    config = Config.from_config(_cfg(a))
+    run(config, dataclasses.replace(Outputs.default("results", config.private_dir), series=a.series, subjects=a.subjects))
 
 
 def cmd_select(a: argparse.Namespace) -> None:
-    from .select import run
+    from .select import Config, run
 
-    run(_cfg(a), a.series, a.subjects, a.included, a.excluded, a.summary, a.summary_txt)
+    run(Config.from_config(_cfg(a)), a.series, a.subjects, a.included, a.excluded, a.summary, a.summary_txt)
     print(Path(a.summary_txt).read_text(), end="")
 
 
 def cmd_convert(a: argparse.Namespace) -> None:
     from .convert import run, run_mask
+    from .prepare import Config
 
     cfg = _cfg(a)
+    config = Config.from_config(cfg)
     priv = Path(cfg["private_dir"])
     out = Path(a.out) / a.subject
-    run(cfg, a.subject, a.included, priv / "series_files.json", out / "image.nii.gz", out / "image.json")
+    run(config.source, config.convert.tool, a.subject, a.included, priv / "series_files.json", out / "image.nii.gz",
+        out / "image.json")
     masks = json.loads((priv / "masks.json").read_text())
     if a.subject in masks:
-        run_mask(cfg, a.subject, out / "image.nii.gz", priv / "masks.json", out / "label.nii.gz")
+        run_mask(len(config.labels), a.subject, out / "image.nii.gz", priv / "masks.json", out / "label.nii.gz")
 
 
 def cmd_preprocess(a: argparse.Namespace) -> None:
+    from .prepare import Config
     from .preprocess import run
 
+    config = Config.from_config(_cfg(a))
     src, dst = Path(a.nifti) / a.subject, Path(a.out) / a.subject
-    run(_cfg(a), a.subject, src / "image.nii.gz", src / "label.nii.gz", dst / "image.nii", dst / "label.nii", dst / "info.json")
+    run(config.preprocess, len(config.labels), a.subject, src / "image.nii.gz", src / "label.nii.gz", dst / "image.nii",
+        dst / "label.nii", dst / "info.json")
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
-    from .prepare import fingerprint, run, shard_of
+    from .codehash import fingerprint
+    from .prepare import Config, Folders, run, shard_of
 
     cfg = _cfg(a)
+    config = Config.from_config(cfg)
     priv = Path(cfg["private_dir"])
-    prefix, digits = cfg["pseudonym"]["prefix"], cfg["prepare"]["shard_digits"]
+    prefix, digits = config.pseudonym.prefix, config.prepare.shard_digits
     if bool(a.shard) == bool(a.subjects):
         raise ValueError("give either subjects or --shard")
     todo: dict[str, list[str] | None] = {a.shard: None} if a.shard else {}
@@ -76,43 +86,39 @@ def cmd_prepare(a: argparse.Namespace) -> None:
         todo.setdefault(shard_of(s, prefix, digits), []).append(s)  # type: ignore[union-attr]
     for shard, only in todo.items():
         manifest = Path(a.manifests) / f"{shard}.json" if only is None else None
-        m = run(cfg, shard, a.included, priv / "series_files.json", priv / "masks.json", manifest, fingerprint(cfg),
-                a.threads, a.nifti, a.preproc, only=only, force=a.force or only is not None)
+        m = run(config, shard, a.included, priv / "series_files.json", priv / "masks.json", manifest, fingerprint("prepare", cfg),
+                Folders(a.nifti, a.preproc), a.threads, only=only, force=a.force or only is not None)
         print(f"shard {shard}: {m['n_subjects']} subjects, {m['n_prepared']} prepared, "
               f"{m['n_subjects'] - m['n_prepared']} up to date")
 
 
 def cmd_split(a: argparse.Namespace) -> None:
-    from .split import run
+    from .split import Config, run
 
-    run(_cfg(a), a.included, a.out)
+    run(Config.from_config(_cfg(a)), a.included, a.out)
 
 
 def cmd_train(a: argparse.Namespace) -> None:
     from .codehash import stage_hash
-    from .train import train_fold
+    from .train import Config, FoldPaths, train_fold
 
-    cfg = _cfg(a)
     splits = json.loads(Path(a.splits).read_text())
-    d = Path(a.out) / f"fold{a.fold}"
-    train_fold(cfg, a.fold, splits, a.preproc, d / "model.pt", d / "history.tsv", d / "curves.png", d / "train.json",
-               Path(a.checkpoints) / f"fold{a.fold}.pt", stage_hash("train"), a.threads)
+    train_fold(Config.from_config(_cfg(a)), a.fold, splits, FoldPaths.default(a.preproc, a.out, a.checkpoints, a.fold),
+               stage_hash("train"), a.threads)
 
 
 def cmd_ensemble(a: argparse.Namespace) -> None:
-    from .ensemble import build_ensemble
+    from .ensemble import Config, run
 
-    cfg = _cfg(a)
-    n = cfg["split"]["folds"]
-    build_ensemble([str(Path(a.models) / f"fold{k}" / "model.pt") for k in range(n)], n, a.out)
+    config = Config.from_config(_cfg(a))
+    run(config, [str(Path(a.models) / f"fold{k}" / "model.pt") for k in range(config.split.folds)], a.out)
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from .export import run
+    from .export import Config, run
 
-    cfg = _cfg(a)
     out = Path(a.out)
-    info = run(cfg, a.ensemble, out, out / "export.json", a.volume, a.threads, cfg["export"]["tolerance"])
+    info = run(Config.from_config(_cfg(a)), a.ensemble, out, a.volume, a.threads)
     for stem, m in info["models"].items():
         print(f"{stem}: {out / m['torchscript']} {out / m['onnx']} (max abs diff TorchScript "
               f"{m['torchscript_max_abs_diff']:.3g}, ONNX {m['onnx_max_abs_diff']:.3g})")
@@ -121,22 +127,21 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def cmd_infer(a: argparse.Namespace) -> None:
-    from .infer import run
+    from .infer import Config, run
 
-    cfg = _cfg(a)
+    config = Config.from_config(_cfg(a))
     out = Path(a.out)
     if sum(bool(x) for x in (a.model, a.ensemble, a.exported)) != 1:
         raise ValueError("give one of --model (repeatable), --ensemble or --exported")
-    run(cfg, a.name, [(a.case, a.image, str(out), str(out.with_suffix("").with_suffix(".json")))], a.model or None,
+    run(config, a.name, [(a.case, a.image, str(out), str(out.with_suffix("").with_suffix(".json")))], a.model or None,
         a.ensemble, a.threads, exported=a.exported)
 
 
 def cmd_metrics(a: argparse.Namespace) -> None:
-    from .metrics import run
+    from .metrics import Config, run
 
-    cfg = _cfg(a)
     pairs = [tuple(p.split(",")) for p in a.pair]
-    run(cfg, pairs, a.train_info or [], a.pred_info or [], Path(a.out) / "cases.tsv", Path(a.out) / "summary.tsv",
+    run(Config.from_config(_cfg(a)), pairs, a.train_info or [], a.pred_info or [], Path(a.out) / "cases.tsv", Path(a.out) / "summary.tsv",
         Path(a.out) / "timing.tsv")
 
 
@@ -147,9 +152,9 @@ def cmd_overlay(a: argparse.Namespace) -> None:
 
 
 def cmd_repro(a: argparse.Namespace) -> None:
-    from .repro import run
+    from .repro import Config, Outputs, run
 
-    table = run(_cfg(a), a.main, a.out, cores=a.cores)
+    table = run(Config.from_config(_cfg(a)), a.main, Outputs.default(a.out), cores=a.cores)
     print((Path(a.out) / "summary.txt").read_text(), end="")
     if table.empty:
         raise RuntimeError("the audit compared nothing")

@@ -1,26 +1,43 @@
-"""Hashes of the package code a stage runs, for Snakemake params.
+"""Hashes of the package code a stage runs, and the config sections it reads, for Snakemake params.
 
-Snakemake reruns a rule when its ``script:`` changes but not when an imported package module
-does. Each rule therefore carries ``params: code=stage_hash("<stage>")``: the SHA-256 of the
-stage's module and of every ``cohortseg`` module it imports, transitively, so an edit inside the
-package reruns exactly the stages that use the edited code (``--rerun-triggers params``).
+Snakemake reruns a rule when its ``script:`` changes but not when an imported package module does.
+Each rule therefore carries ``params: code=...`` with :func:`stage_hash`: a hash of the stage's module
+and of every ``cohortseg`` module it imports, transitively, so an edit inside the package reruns
+exactly the stages that use the edited code (``--rerun-triggers params``).
+
+What is hashed is the *parsed* code: the abstract syntax tree without docstrings and without line
+numbers, so a comment, a docstring or a blank line changes nothing and reruns nothing (on a GPU cluster
+that is hours of training not redone for a typo), while any change to what the code does reruns the
+stages that import it. The tree's printed form belongs to the Python version, which the environment
+locks pin.
+
+The sections a stage reads are the field names of the ``Config`` class its module declares
+(:class:`cohortseg.settings.StageConfig`); :func:`config_sections` reads them from the source, so the
+Snakefile hashes a stage's config without importing the stage (and torch) while it plans.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 PKG = Path(__file__).resolve().parent
 
 
-def _imports(module: str) -> set[str]:
+@lru_cache(maxsize=None)
+def _tree(module: str) -> ast.Module:
     path = PKG / f"{module}.py"
-    tree = ast.parse(path.read_text(), filename=str(path))
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _imports(module: str) -> set[str]:
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(_tree(module)):
         if isinstance(node, ast.ImportFrom):
             if node.level == 1 and node.module:
                 found.add(node.module.split(".")[0])
@@ -39,6 +56,7 @@ def _imports(module: str) -> set[str]:
 
 @lru_cache(maxsize=None)
 def closure(module: str) -> tuple[str, ...]:
+    """The module and every package module it imports, transitively."""
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -50,9 +68,53 @@ def closure(module: str) -> tuple[str, ...]:
     return tuple(sorted(seen))
 
 
+def _without_docstrings(tree: ast.Module) -> ast.Module:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@lru_cache(maxsize=None)
+def module_hash(module: str) -> str:
+    """SHA-256 of a module's code: its syntax tree without docstrings, comments or positions."""
+    path = PKG / f"{module}.py"
+    tree = _without_docstrings(ast.parse(path.read_text(), filename=str(path)))
+    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+
+
 def stage_hash(module: str) -> str:
     h = hashlib.sha256()
     for m in closure(module):
-        h.update(m.encode())
-        h.update((PKG / f"{m}.py").read_bytes())
+        h.update(m.encode() + b"\0" + module_hash(m).encode())
     return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
+def config_sections(module: str) -> tuple[str, ...]:
+    """The config sections a stage reads: the annotated fields of ``class Config`` in its module (all
+    sections for a ``Config(StudyConfig)``, a stage that records or replays the whole config)."""
+    for node in _tree(module).body:
+        if isinstance(node, ast.ClassDef) and node.name == "Config":
+            if any(isinstance(b, ast.Name) and b.id == "StudyConfig" for b in node.bases):
+                from .settings import SECTIONS
+
+                return tuple(SECTIONS)
+            return tuple(s.target.id for s in node.body
+                         if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name))
+    raise LookupError(f"cohortseg/{module}.py declares no `class Config(StageConfig)`")
+
+
+def section_hash(cfg: Mapping[str, Any], *keys: str) -> str:
+    """A short stable hash of the named sections of a validated config."""
+    sub = {k: cfg.get(k) for k in keys}
+    return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(stage: str, cfg: Mapping[str, Any]) -> str:
+    """A rule's ``params: code``: the stage's code hash and the hash of the config sections it declares.
+    The same value for ``snakemake`` and for ``cohortseg prepare`` (whose subjects' stamps hold it)."""
+    return f"{stage_hash(stage)}-{section_hash(cfg, *config_sections(stage))}"

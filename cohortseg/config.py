@@ -11,7 +11,8 @@ from typing import Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = REPO_ROOT / "config" / "config.schema.yaml"
+# shipped with the package: a link to config/config.schema.yaml in a checkout, the file itself in a wheel
+SCHEMA = Path(__file__).resolve().parent / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -87,9 +88,3 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def section_hash(cfg: dict[str, Any], *keys: str) -> str:
-    """A short stable hash of the named config sections (for rule params)."""
-    sub = {k: cfg.get(k) for k in keys}
-    return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]

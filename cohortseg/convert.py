@@ -125,13 +125,39 @@ def convert_series(files: list[str], tool: str, correction: str = "", allow_4d: 
     dicom2nifti. A 4D result is an error unless ``allow_4d``."""
     if not files:
         raise ConversionError("series has no files")
+    conv = _run_converter(files, tool, correction)
+    data = _checked_volume(conv["data"], conv["affine"], allow_4d)
+    out_img = nib.Nifti1Image(data, conv["affine"])
+    if (conv["slope"], conv["inter"]) != (1.0, 0.0):
+        out_img.header.set_slope_inter(conv["slope"], conv["inter"])
+    out_img.set_qform(conv["affine"], code=1)
+    out_img.set_sform(conv["affine"], code=1)
+    out_img.header.set_xyzt_units("mm", "sec")
+    meta = sidecar(conv["first"])
+    meta.update(
+        converter=conv["used"],
+        converter_version=_tool_version(conv["used"]),
+        geometry_correction=correction,
+        shape=list(data.shape),
+        zooms=[float(z) for z in out_img.header.get_zooms()[:3]],
+        orientation="".join(nib.aff2axcodes(out_img.affine)),
+        n_files=len(files),
+    )
+    if conv["fallback"]:
+        meta["converter_fallback_from"] = "dcm2niix"
+    if correction and not re.search(r"_(Tilt|Eq)", conv["name"]):
+        log.warning("series flagged for %s correction, but dcm2niix found nothing to correct", correction)
+    # through bytes once, so the in-memory image reads (dataobj) like the saved file: scaled
+    return nib.Nifti1Image.from_bytes(out_img.to_bytes()), meta
+
+
+def _run_converter(files: list[str], tool: str, correction: str) -> dict[str, Any]:
+    """The converter on anonymously named links to ``files``: stored values, scale, affine, first header."""
     fallback = None
     with tempfile.TemporaryDirectory(prefix="cohortseg-convert-") as t:
         tmp = Path(t)
         links = _link_anonymously(files, tmp)
-        used = tool
-        if tool == "auto":
-            used = "dcm2niix" if dcm2niix_exe() else "dicom2nifti"
+        used = ("dcm2niix" if dcm2niix_exe() else "dicom2nifti") if tool == "auto" else tool
         if correction and used != "dcm2niix":
             raise ConversionError(f"series needs {correction} correction, which only dcm2niix does (convert.tool: auto or dcm2niix)")
         try:
@@ -146,41 +172,24 @@ def convert_series(files: list[str], tool: str, correction: str = "", allow_4d: 
         img = nib.load(str(nii_path), mmap=False)
         # the stored values and the converter's scaling (Philips precise values, dcm2niix's
         # slope/intercept): kept as they are, not materialised as floats
-        data = np.asanyarray(img.dataobj.get_unscaled())
-        slope, inter = img.dataobj.slope, img.dataobj.inter
-        first = pydicom.dcmread(str(links[0]), stop_before_pixels=True)
+        return {"data": np.asanyarray(img.dataobj.get_unscaled()), "slope": img.dataobj.slope,
+                "inter": img.dataobj.inter, "affine": img.affine, "used": used, "fallback": fallback,
+                "name": nii_path.name, "first": pydicom.dcmread(str(links[0]), stop_before_pixels=True)}
+
+
+def _checked_volume(data: np.ndarray, affine: np.ndarray, allow_4d: bool) -> np.ndarray:
+    """A 3D (or allowed 4D) array on an unsheared grid; float64 stored values as float32."""
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3 and not (allow_4d and data.ndim == 4):
         raise ConversionError(f"expected a 3D volume, got shape {data.shape}")
     if data.dtype == np.float64:
         data = data.astype(np.float32)
-    cols = img.affine[:3, :3] / np.linalg.norm(img.affine[:3, :3], axis=0)
+    cols = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
     shear = float(np.degrees(np.arcsin(min(1.0, np.abs(cols.T @ cols - np.eye(3)).max()))))
     if shear > 0.01:
         raise ConversionError(f"the converted grid is sheared by {shear:.2f} degrees (gantry tilt left uncorrected)")
-    out_img = nib.Nifti1Image(data, img.affine)
-    if (slope, inter) != (1.0, 0.0):
-        out_img.header.set_slope_inter(slope, inter)
-    out_img.set_qform(img.affine, code=1)
-    out_img.set_sform(img.affine, code=1)
-    out_img.header.set_xyzt_units("mm", "sec")
-    meta = sidecar(first)
-    meta.update(
-        converter=used,
-        converter_version=_tool_version(used),
-        geometry_correction=correction,
-        shape=list(data.shape),
-        zooms=[float(z) for z in out_img.header.get_zooms()[:3]],
-        orientation="".join(nib.aff2axcodes(out_img.affine)),
-        n_files=len(files),
-    )
-    if fallback:
-        meta["converter_fallback_from"] = "dcm2niix"
-    if correction and not re.search(r"_(Tilt|Eq)", nii_path.name):
-        log.warning("series flagged for %s correction, but dcm2niix found nothing to correct", correction)
-    # through bytes once, so the in-memory image reads (dataobj) like the saved file: scaled
-    return nib.Nifti1Image.from_bytes(out_img.to_bytes()), meta
+    return data
 
 
 def _strip_paths(msg: str, tmp: Path) -> str:
@@ -246,18 +255,19 @@ def included_row(included_tsv: str | Path, subject: str) -> dict[str, Any]:
     return rows.iloc[0].to_dict()
 
 
-def run(cfg: dict[str, Any], subject: str, included_tsv: str | Path, series_files_json: str | Path,
+def run(source: str, tool: str, subject: str, included_tsv: str | Path, series_files_json: str | Path,
         image_out: str | Path, sidecar_out: str | Path) -> None:
     row = included_row(included_tsv, subject)
     files = json.loads(Path(series_files_json).read_text())[row["series"]]
-    convert_subject(cfg, subject, row, files, image_out, sidecar_out)
+    convert_subject(source, tool, subject, row, files, image_out, sidecar_out)
 
 
-def convert_subject(cfg: dict[str, Any], subject: str, row: dict[str, Any], files: list[str],
+def convert_subject(source: str, tool: str, subject: str, row: dict[str, Any], files: list[str],
                     image_out: str | Path, sidecar_out: str | Path) -> dict[str, Any]:
-    """Convert the series of ``row`` (its ``files``) to the subject's NIfTI and identifier-free sidecar."""
+    """Convert the series of ``row`` (its ``files``) to the subject's NIfTI and identifier-free sidecar
+    (``source``: dicom | nifti; ``tool``: the configured converter)."""
     try:
-        if cfg["source"] == "nifti":
+        if source == "nifti":
             from .nifti_cohort import import_image
 
             try:
@@ -267,10 +277,10 @@ def convert_subject(cfg: dict[str, Any], subject: str, row: dict[str, Any], file
         else:
             corr = row.get("geometry_correction")
             corr = corr if isinstance(corr, str) else ""
-            img, meta = convert_series(files, cfg["convert"]["tool"], corr)
+            img, meta = convert_series(files, tool, corr)
     except ConversionError as exc:
         raise ConversionError(f"{subject} series {row['series']}: {exc}") from None
-    from .provenance import sha256_files
+    from .util import sha256_files
 
     meta.update(subject=subject, series=row["series"], study=row["study"], source_sha256=sha256_files(files))
     save_nifti(img, image_out)
@@ -280,18 +290,18 @@ def convert_subject(cfg: dict[str, Any], subject: str, row: dict[str, Any], file
     return meta
 
 
-def run_mask(cfg: dict[str, Any], subject: str, image_nii: str | Path, masks_json: str | Path, label_out: str | Path) -> None:
+def run_mask(n_labels: int, subject: str, image_nii: str | Path, masks_json: str | Path, label_out: str | Path) -> None:
     masks = json.loads(Path(masks_json).read_text())
     if subject not in masks:
         raise ConversionError(f"{subject} has no mask under masks.dir")
-    mask_subject(cfg, subject, image_nii, masks[subject], label_out)
+    mask_subject(n_labels, subject, image_nii, masks[subject], label_out)
 
 
-def mask_subject(cfg: dict[str, Any], subject: str, image_nii: str | Path, mask_path: str, label_out: str | Path) -> None:
+def mask_subject(n_labels: int, subject: str, image_nii: str | Path, mask_path: str, label_out: str | Path) -> None:
     """The radiologist's mask on the converted image's grid (nearest neighbour where it differs)."""
     image = nib.load(str(image_nii))
     try:
-        lab, info = import_mask(mask_path, image, len(cfg["labels"]))
+        lab, info = import_mask(mask_path, image, n_labels)
     except ConversionError as exc:
         raise ConversionError(f"{subject} mask: {exc}") from None
     save_nifti(lab, label_out)

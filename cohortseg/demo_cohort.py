@@ -19,6 +19,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -205,60 +206,12 @@ def _write_series(
     series_uid = _uid(seed, patient["PatientID"], study["StudyInstanceUID"], series_number)
     frame_uid = _uid(seed, patient["PatientID"], "frame")
     out_dir.mkdir(parents=True, exist_ok=True)
-    dr, dc, ds = spec.spacing
     sop_class = SecondaryCaptureImageStorage if spec.secondary_capture else MRImageStorage
+    geometry = (row, col, normal, origin)
     for k in range(spec.n_slices):
         if spec.drop_slice is not None and k == spec.drop_slice:
             continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        sop_uid = _uid(seed, series_uid, k)
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds_ = Dataset()
-        ds_.file_meta = meta
-        ds_.SOPClassUID = sop_class
-        ds_.SOPInstanceUID = sop_uid
-        for key, value in patient.items():
-            setattr(ds_, key, value)
-        for key, value in study.items():
-            setattr(ds_, key, value)
-        ds_.SeriesDate = study["StudyDate"]
-        ds_.AcquisitionDate = study["StudyDate"]
-        ds_.Modality = "MR"
-        ds_.Manufacturer = "CohortSeg Synthetic"
-        ds_.ManufacturerModelName = "Phantom 3T"
-        ds_.MagneticFieldStrength = 3.0
-        ds_.SeriesInstanceUID = series_uid
-        ds_.FrameOfReferenceUID = frame_uid
-        ds_.SeriesNumber = series_number
-        ds_.InstanceNumber = k + 1
-        ds_.SeriesDescription = spec.description
-        ds_.ProtocolName = spec.description
-        ds_.ImageType = list(spec.image_type)
-        ds_.ScanningSequence = "GR" if spec.contrast.startswith("t1") else "SE"
-        ds_.RepetitionTime = 2300.0 if spec.contrast.startswith("t1") else 9000.0
-        ds_.EchoTime = 2.98 if spec.contrast.startswith("t1") else 81.0
-        ds_.FlipAngle = 9.0 if spec.contrast.startswith("t1") else 150.0
-        if spec.agent:
-            ds_.ContrastBolusAgent = spec.agent
-        ds_.ImageOrientationPatient = [f"{v:.6f}" for v in (*row, *col)]
-        pos = origin + k * ds * normal
-        ds_.ImagePositionPatient = [f"{v:.4f}" for v in pos]
-        ds_.SliceLocation = f"{pos @ normal:.4f}"
-        ds_.PixelSpacing = [f"{dr:g}", f"{dc:g}"]
-        ds_.SliceThickness = f"{ds:g}"
-        ds_.SpacingBetweenSlices = f"{ds:g}"
-        ds_.Rows, ds_.Columns = rows, cols
-        ds_.SamplesPerPixel = 1
-        ds_.PhotometricInterpretation = "MONOCHROME2"
-        ds_.BitsAllocated = 16
-        ds_.BitsStored = 16
-        ds_.HighBit = 15
-        ds_.PixelRepresentation = 0
-        ds_.RescaleSlope = f"{spec.slope:g}"
-        ds_.RescaleIntercept = f"{spec.intercept:g}"
-        ds_.RescaleType = "US"
+        ds_ = _slice_dataset(spec, patient, study, (series_uid, frame_uid, sop_class), series_number, k, geometry, seed)
         ds_.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
         ds_.save_as(out_dir / f"{file_prefix}{k + 1:05d}.dcm", enforce_file_format=True)
     mask = None
@@ -266,6 +219,65 @@ def _write_series(
         mask = phantom.lesion_mask(pts).reshape(cols, rows, spec.n_slices)
     affine = nifti_affine(row, col, normal, origin, spec.spacing)
     return affine, mask
+
+
+def _slice_dataset(spec: SeriesSpec, patient: dict[str, str], study: dict[str, str], uids: tuple[str, str, str],
+                   series_number: int, k: int, geometry: tuple[np.ndarray, ...], seed: int) -> Dataset:
+    """The header of slice ``k`` of a series (pixel data set by the caller)."""
+    series_uid, frame_uid, sop_class = uids
+    row, col, normal, origin = geometry
+    dr, dc, ds = spec.spacing
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    sop_uid = _uid(seed, series_uid, k)
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds_ = Dataset()
+    ds_.file_meta = meta
+    ds_.SOPClassUID = sop_class
+    ds_.SOPInstanceUID = sop_uid
+    for key, value in patient.items():
+        setattr(ds_, key, value)
+    for key, value in study.items():
+        setattr(ds_, key, value)
+    ds_.SeriesDate = study["StudyDate"]
+    ds_.AcquisitionDate = study["StudyDate"]
+    ds_.Modality = "MR"
+    ds_.Manufacturer = "CohortSeg Synthetic"
+    ds_.ManufacturerModelName = "Phantom 3T"
+    ds_.MagneticFieldStrength = 3.0
+    ds_.SeriesInstanceUID = series_uid
+    ds_.FrameOfReferenceUID = frame_uid
+    ds_.SeriesNumber = series_number
+    ds_.InstanceNumber = k + 1
+    ds_.SeriesDescription = spec.description
+    ds_.ProtocolName = spec.description
+    ds_.ImageType = list(spec.image_type)
+    t1 = spec.contrast.startswith("t1")
+    ds_.ScanningSequence = "GR" if t1 else "SE"
+    ds_.RepetitionTime = 2300.0 if t1 else 9000.0
+    ds_.EchoTime = 2.98 if t1 else 81.0
+    ds_.FlipAngle = 9.0 if t1 else 150.0
+    if spec.agent:
+        ds_.ContrastBolusAgent = spec.agent
+    ds_.ImageOrientationPatient = [f"{v:.6f}" for v in (*row, *col)]
+    pos = origin + k * ds * normal
+    ds_.ImagePositionPatient = [f"{v:.4f}" for v in pos]
+    ds_.SliceLocation = f"{pos @ normal:.4f}"
+    ds_.PixelSpacing = [f"{dr:g}", f"{dc:g}"]
+    ds_.SliceThickness = f"{ds:g}"
+    ds_.SpacingBetweenSlices = f"{ds:g}"
+    ds_.Rows, ds_.Columns = spec.matrix
+    ds_.SamplesPerPixel = 1
+    ds_.PhotometricInterpretation = "MONOCHROME2"
+    ds_.BitsAllocated = 16
+    ds_.BitsStored = 16
+    ds_.HighBit = 15
+    ds_.PixelRepresentation = 0
+    ds_.RescaleSlope = f"{spec.slope:g}"
+    ds_.RescaleIntercept = f"{spec.intercept:g}"
+    ds_.RescaleType = "US"
+    return ds_
 
 
 def subject_plan(index: int, n_subjects: int) -> dict[str, object]:
@@ -294,83 +306,97 @@ def generate(out: str | Path, n_subjects: int = 16, seed: int = 7, phi_marker: s
     if out.exists():
         shutil.rmtree(out)
     dicom_root = out / "dicom"
-    mask_root = out / "masks"
-    mask_root.mkdir(parents=True)
+    (out / "masks").mkdir(parents=True)
     master = np.random.default_rng(seed)
-    mk = phi_marker
+    grid = ((64, 64), 44) if size == "demo" else ((48, 48), 36)
+    n_series = sum(_write_subject(s, n_subjects, master, seed, phi_marker, out, grid) for s in range(n_subjects))
+    summary: dict[str, object] = {"subjects": n_subjects, "seed": seed, "series": n_series,
+                                  "files": sum(1 for p in dicom_root.rglob("*") if p.is_file())}
+    (out / "cohort.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("demo cohort: %d subjects, %d series, %d files under %s", n_subjects, summary["series"], summary["files"], out)
+    return summary
 
+
+def _marker(mk: str) -> Any:
     def m(field: str) -> str:
         """A marker unique to one identifying field (empty without phi_marker), so a leak names its source."""
         return f"{mk}{field}" if mk else ""
 
-    matrix = (64, 64) if size == "demo" else (48, 48)
-    n_target = 44 if size == "demo" else 36
-    summary: dict[str, object] = {"subjects": n_subjects, "seed": seed, "series": 0, "files": 0}
-    for s in range(n_subjects):
-        plan = subject_plan(s, n_subjects)
-        rng = np.random.default_rng(master.integers(2**63))
-        phantom = Phantom.random(rng)
-        first, last = FIRST_NAMES[s % len(FIRST_NAMES)], LAST_NAMES[(3 * s) % len(LAST_NAMES)]
-        pid = f"PID{m('ID')}{100000 + int(rng.integers(0, 899999))}"
-        patient = {
-            "PatientName": f"{last}{m('NAME')}^{first}",
-            "PatientID": pid,
-            # with a marker: 1931-MM-DD, a date no other field of the cohort or its outputs has
-            "PatientBirthDate": f"1931{1 + s % 9:02d}{10 + s:02d}" if mk else f"19{40 + s % 50:02d}0{1 + s % 9}1{s % 9}",
-            "PatientSex": "F" if s % 2 else "M",
-            "InstitutionName": f"St Demo{m('INST')} General Hospital",
-            "ReferringPhysicianName": f"REFERRER{m('REF')}^DOC",
-        }
-        base_date = dt.date(2019, 1, 1) + dt.timedelta(days=int(rng.integers(0, 900)))
-        studies = [("MRI BRAIN PRE-OP", base_date)]
-        if plan["postop_study"]:
-            studies.append(("MRI BRAIN POSTOP", base_date + dt.timedelta(days=190)))
-        subj_dir = dicom_root / f"{last}{m('DIR')}_{first}_{pid}"
-        for st_i, (st_desc, st_date) in enumerate(studies):
-            accession = f"ACC{m('ACC')}{int(rng.integers(10**6, 10**7))}"
-            study = {
-                "StudyDate": st_date.strftime("%Y%m%d"),
-                "StudyTime": "101500",
-                "StudyDescription": f"{st_desc} {m('DESC')}".strip(),
-                "AccessionNumber": accession,
-                "StudyInstanceUID": _uid(seed, pid, st_i),
-                "StudyID": f"{st_i + 1}",
-            }
-            study_dir = subj_dir / f"{study['StudyDate']}_{accession}"
-            specs: list[SeriesSpec] = []
-            t1c_spacing = (0.9, 0.9, 1.5)
-            slope, intercept = (2.0, -100.0) if plan["rescaled"] else (1.0, 0.0)
-            if st_i == 0 and not plan["no_usable"]:
-                specs.append(SeriesSpec("AX T1 MPRAGE +C" if plan["plane"] == "axial" else "SAG T1 MPRAGE +C", "t1c", n_target,
-                                        t1c_spacing, matrix, plane=str(plan["plane"]), tilt_deg=float(plan["tilt"]),
-                                        agent="Gadobutrol 1 mmol/ml", target=True, slope=slope, intercept=intercept,
-                                        drop_slice=n_target // 2 if plan["missing_slice"] else None))
-                specs.append(SeriesSpec("AX T1 MPRAGE", "t1", n_target, t1c_spacing, matrix, tilt_deg=float(plan["tilt"])))
-                if plan["thick"]:
-                    specs.append(SeriesSpec("AX T1 +C 5mm", "t1c", 12, (0.9, 0.9, 5.0), matrix, agent="Gadobutrol 1 mmol/ml"))
-                if plan["derived"]:
-                    specs.append(SeriesSpec("COR T1 +C MPR", "t1c", 20, (0.9, 0.9, 2.5), matrix, plane="coronal",
-                                            image_type=("DERIVED", "SECONDARY", "MPR"), agent="Gadobutrol 1 mmol/ml"))
-            if st_i == 1:
-                specs.append(SeriesSpec("AX T1 MPRAGE +C", "t1c", n_target, t1c_spacing, matrix, agent="Gadobutrol 1 mmol/ml"))
-            if plan["flair"] and st_i == 0:
-                specs.append(SeriesSpec("AX T2 FLAIR", "flair", 18, (0.9, 0.9, 3.5), matrix))
-            if plan["localizer"] and st_i == 0:
-                specs.append(SeriesSpec("3-PLANE LOC", "t1", 3, (1.2, 1.2, 10.0), matrix, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")))
-            for n, spec in enumerate(specs, start=1):
-                number = 100 * (st_i + 1) + n
-                sdir = study_dir / f"{number:03d}_{spec.description.replace(' ', '_').replace('+', 'plus')}"
-                affine, mask = _write_series(sdir, spec, phantom, patient, study, number, seed, rng, f"{m('FILE')}IM")
-                summary["series"] = int(summary["series"]) + 1  # type: ignore[call-overload]
-                if mask is not None:
-                    img = nib.Nifti1Image(mask.astype(np.uint8), affine)
-                    img.header.set_xyzt_units("mm")
-                    save_nifti(img, mask_root / f"{pid}_lesion.nii.gz")
-            if plan["unreadable_file"] and st_i == 0:
-                bad = next(study_dir.glob("*_AX_T1_MPRAGE"))
-                (bad / "IM09999.dcm").write_bytes(b"\x00" * 64 + b"not a dicom file")
-                (bad / "export_notes.txt").write_text("exported from PACS\n")
-    summary["files"] = sum(1 for p in dicom_root.rglob("*") if p.is_file())
-    (out / "cohort.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log.info("demo cohort: %d subjects, %d series, %d files under %s", n_subjects, summary["series"], summary["files"], out)
-    return summary
+    return m
+
+
+def _patient(s: int, rng: np.random.Generator, m: Any, marked: bool) -> tuple[dict[str, str], str, str]:
+    """The patient tags of subject ``s`` and its (last, first) name."""
+    first, last = FIRST_NAMES[s % len(FIRST_NAMES)], LAST_NAMES[(3 * s) % len(LAST_NAMES)]
+    pid = f"PID{m('ID')}{100000 + int(rng.integers(0, 899999))}"
+    return {
+        "PatientName": f"{last}{m('NAME')}^{first}",
+        "PatientID": pid,
+        # with a marker: 1931-MM-DD, a date no other field of the cohort or its outputs has
+        "PatientBirthDate": f"1931{1 + s % 9:02d}{10 + s:02d}" if marked else f"19{40 + s % 50:02d}0{1 + s % 9}1{s % 9}",
+        "PatientSex": "F" if s % 2 else "M",
+        "InstitutionName": f"St Demo{m('INST')} General Hospital",
+        "ReferringPhysicianName": f"REFERRER{m('REF')}^DOC",
+    }, last, first
+
+
+def _series_specs(plan: dict[str, object], st_i: int, matrix: tuple[int, int], n_target: int) -> list[SeriesSpec]:
+    """The series of study ``st_i`` of a subject with ``plan`` (the target first)."""
+    specs: list[SeriesSpec] = []
+    t1c_spacing = (0.9, 0.9, 1.5)
+    slope, intercept = (2.0, -100.0) if plan["rescaled"] else (1.0, 0.0)
+    if st_i == 0 and not plan["no_usable"]:
+        specs.append(SeriesSpec("AX T1 MPRAGE +C" if plan["plane"] == "axial" else "SAG T1 MPRAGE +C", "t1c", n_target,
+                                t1c_spacing, matrix, plane=str(plan["plane"]), tilt_deg=float(plan["tilt"]),  # type: ignore[arg-type]
+                                agent="Gadobutrol 1 mmol/ml", target=True, slope=slope, intercept=intercept,
+                                drop_slice=n_target // 2 if plan["missing_slice"] else None))
+        specs.append(SeriesSpec("AX T1 MPRAGE", "t1", n_target, t1c_spacing, matrix, tilt_deg=float(plan["tilt"])))  # type: ignore[arg-type]
+        if plan["thick"]:
+            specs.append(SeriesSpec("AX T1 +C 5mm", "t1c", 12, (0.9, 0.9, 5.0), matrix, agent="Gadobutrol 1 mmol/ml"))
+        if plan["derived"]:
+            specs.append(SeriesSpec("COR T1 +C MPR", "t1c", 20, (0.9, 0.9, 2.5), matrix, plane="coronal",
+                                    image_type=("DERIVED", "SECONDARY", "MPR"), agent="Gadobutrol 1 mmol/ml"))
+    if st_i == 1:
+        specs.append(SeriesSpec("AX T1 MPRAGE +C", "t1c", n_target, t1c_spacing, matrix, agent="Gadobutrol 1 mmol/ml"))
+    if plan["flair"] and st_i == 0:
+        specs.append(SeriesSpec("AX T2 FLAIR", "flair", 18, (0.9, 0.9, 3.5), matrix))
+    if plan["localizer"] and st_i == 0:
+        specs.append(SeriesSpec("3-PLANE LOC", "t1", 3, (1.2, 1.2, 10.0), matrix, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")))
+    return specs
+
+
+def _write_subject(s: int, n_subjects: int, master: np.random.Generator, seed: int, mk: str, out: Path,
+                   grid: tuple[tuple[int, int], int]) -> int:
+    """One subject's studies, series and mask; the number of series written."""
+    m, (matrix, n_target) = _marker(mk), grid
+    plan = subject_plan(s, n_subjects)
+    rng = np.random.default_rng(master.integers(2**63))
+    phantom = Phantom.random(rng)
+    patient, last, first = _patient(s, rng, m, bool(mk))
+    pid = patient["PatientID"]
+    base_date = dt.date(2019, 1, 1) + dt.timedelta(days=int(rng.integers(0, 900)))
+    studies = [("MRI BRAIN PRE-OP", base_date)]
+    if plan["postop_study"]:
+        studies.append(("MRI BRAIN POSTOP", base_date + dt.timedelta(days=190)))
+    subj_dir = out / "dicom" / f"{last}{m('DIR')}_{first}_{pid}"
+    n_series = 0
+    for st_i, (st_desc, st_date) in enumerate(studies):
+        accession = f"ACC{m('ACC')}{int(rng.integers(10**6, 10**7))}"
+        study = {"StudyDate": st_date.strftime("%Y%m%d"), "StudyTime": "101500",
+                 "StudyDescription": f"{st_desc} {m('DESC')}".strip(), "AccessionNumber": accession,
+                 "StudyInstanceUID": _uid(seed, pid, st_i), "StudyID": f"{st_i + 1}"}
+        study_dir = subj_dir / f"{study['StudyDate']}_{accession}"
+        for n, spec in enumerate(_series_specs(plan, st_i, matrix, n_target), start=1):
+            number = 100 * (st_i + 1) + n
+            sdir = study_dir / f"{number:03d}_{spec.description.replace(' ', '_').replace('+', 'plus')}"
+            affine, mask = _write_series(sdir, spec, phantom, patient, study, number, seed, rng, f"{m('FILE')}IM")
+            n_series += 1
+            if mask is not None:
+                img = nib.Nifti1Image(mask.astype(np.uint8), affine)
+                img.header.set_xyzt_units("mm")
+                save_nifti(img, out / "masks" / f"{pid}_lesion.nii.gz")
+        if plan["unreadable_file"] and st_i == 0:
+            bad = next(study_dir.glob("*_AX_T1_MPRAGE"))
+            (bad / "IM09999.dcm").write_bytes(b"\x00" * 64 + b"not a dicom file")
+            (bad / "export_notes.txt").write_text("exported from PACS\n")
+    return n_series

@@ -439,19 +439,7 @@ def _scan(path: str, buffer: int) -> tuple[str, dict[str, Any]]:
         buf = fh.read(buffer)
     if len(buf) < 132 or buf[128:132] != b"DICM":
         raise Fallback("no Part-10 preamble")
-    # file meta: always explicit VR little endian
-    pos = 132
-    ts, media_class = "", ""
-    while pos + 8 <= len(buf):
-        group = _U16.unpack_from(buf, pos)[0]
-        if group != 0x0002:
-            break
-        end, tag, vr, start, _ = _element(buf, pos, True)
-        if tag == 0x00020010:
-            ts = _text(buf[start:end], "ascii")
-        elif tag == 0x00020002:
-            media_class = _text(buf[start:end], "ascii")
-        pos = end
+    ts, media_class, pos = _file_meta(buf)
     if media_class == "1.2.840.10008.1.3.10":
         return "dicomdir", {}
     if ts == IMPLICIT_LE:
@@ -464,44 +452,10 @@ def _scan(path: str, buffer: int) -> tuple[str, dict[str, Any]]:
     pos = after_wanted = _walk_wanted(buf, pos, explicit, raw)
     pixel_state = _pixels_from_tail(path, size, raw, ts, explicit, pos)
     if pixel_state is None:  # the quick check could not tell: walk on to the pixel data
-        pixel_state = "no_pixels"
-        n = len(buf)
-        while pos + 8 <= n:
-            group = _U16.unpack_from(buf, pos)[0]
-            if group > 0x7FE0:
-                break
-            end, tag, vr, start, length = _element(buf, pos, explicit)
-            if tag in PIXEL_TAGS:
-                if length == 0xFFFFFFFF:  # encapsulated: must end with a sequence delimiter
-                    pixel_state = "ok" if _encapsulated_complete(path) else "truncated"
-                else:
-                    pixel_state = "ok" if end <= size else "truncated"
-                break
-            pos = end
-        else:
-            if pos < size:
-                raise Fallback(LONGER)
+        pixel_state = _pixels_by_walking(path, buf, pos, size, explicit)
     if pixel_state == "truncated":
         return "truncated", {}
-    charset = _text(raw.get(CHARSET_TAG, (b"", b""))[1], "ascii").upper()
-    if charset in ("", "ISO_IR 6", "ISO_IR 100", "ISO 2022 IR 6", "ISO 2022 IR 100"):
-        encoding = "latin-1" if "100" in charset else "ascii"
-    elif charset == "ISO_IR 192":
-        encoding = "utf-8"
-    elif all(max(v, default=0) < 0x80 and 0x1B not in v for t, (_, v) in raw.items() if TAGS[t][1] in TEXT_VRS):
-        encoding = "ascii"  # any other character set: the values read are plain ASCII in all of them
-    else:
-        raise Fallback(f"character set {charset}")
-    tags: dict[str, Any] = {"TransferSyntaxUID": ts, "HasPixelData": pixel_state == "ok"}
-    for tag, (vr_b, value) in raw.items():
-        keyword, vr = TAGS[tag]
-        if tag == CHARSET_TAG:
-            continue
-        # the private mosaic count is US in explicit files, bytes (little endian) in implicit ones: both read as US
-        v = _decode(keyword, vr, value, encoding if vr in ("LO", "SH", "PN", "LT", "ST", "UT") else "ascii")
-        if v is None or v == "":
-            continue
-        tags["MosaicImages" if tag == MOSAIC_TAG else keyword] = v
+    tags = _decoded_tags(raw, _encoding(raw), ts, pixel_state == "ok")
     if int(tags.get("NumberOfFrames", 1)) > 1:
         if not explicit:
             raise Fallback("multi-frame, implicit VR")
@@ -513,3 +467,61 @@ def _scan(path: str, buffer: int) -> tuple[str, dict[str, Any]]:
     if "MosaicImages" in tags and (tags["MosaicImages"] <= 1 or "MOSAIC" not in str(tags.get("ImageType", "")).upper()):
         del tags["MosaicImages"]
     return "ok", tags
+
+
+def _file_meta(buf: bytes) -> tuple[str, str, int]:
+    """(transfer syntax, media storage SOP class, position after the group-2 file meta, always explicit LE)."""
+    pos, ts, media_class = 132, "", ""
+    while pos + 8 <= len(buf):
+        if _U16.unpack_from(buf, pos)[0] != 0x0002:
+            break
+        end, tag, vr, start, _ = _element(buf, pos, True)
+        if tag == 0x00020010:
+            ts = _text(buf[start:end], "ascii")
+        elif tag == 0x00020002:
+            media_class = _text(buf[start:end], "ascii")
+        pos = end
+    return ts, media_class, pos
+
+
+def _pixels_by_walking(path: str, buf: bytes, pos: int, size: int, explicit: bool) -> str:
+    """ok | truncated | no_pixels, by walking the elements after the wanted tags to the pixel data."""
+    n = len(buf)
+    while pos + 8 <= n:
+        if _U16.unpack_from(buf, pos)[0] > 0x7FE0:
+            return "no_pixels"
+        end, tag, vr, start, length = _element(buf, pos, explicit)
+        if tag in PIXEL_TAGS:
+            if length == 0xFFFFFFFF:  # encapsulated: must end with a sequence delimiter
+                return "ok" if _encapsulated_complete(path) else "truncated"
+            return "ok" if end <= size else "truncated"
+        pos = end
+    if pos < size:
+        raise Fallback(LONGER)
+    return "no_pixels"
+
+
+def _encoding(raw: dict[int, tuple[bytes, bytes]]) -> str:
+    """The Python codec of the values read, from SpecificCharacterSet (or a fallback for a set we do not decode)."""
+    charset = _text(raw.get(CHARSET_TAG, (b"", b""))[1], "ascii").upper()
+    if charset in ("", "ISO_IR 6", "ISO_IR 100", "ISO 2022 IR 6", "ISO 2022 IR 100"):
+        return "latin-1" if "100" in charset else "ascii"
+    if charset == "ISO_IR 192":
+        return "utf-8"
+    if all(max(v, default=0) < 0x80 and 0x1B not in v for t, (_, v) in raw.items() if TAGS[t][1] in TEXT_VRS):
+        return "ascii"  # any other character set: the values read are plain ASCII in all of them
+    raise Fallback(f"character set {charset}")
+
+
+def _decoded_tags(raw: dict[int, tuple[bytes, bytes]], encoding: str, ts: str, has_pixels: bool) -> dict[str, Any]:
+    tags: dict[str, Any] = {"TransferSyntaxUID": ts, "HasPixelData": has_pixels}
+    for tag, (vr_b, value) in raw.items():
+        keyword, vr = TAGS[tag]
+        if tag == CHARSET_TAG:
+            continue
+        # the private mosaic count is US in explicit files, bytes (little endian) in implicit ones: both read as US
+        v = _decode(keyword, vr, value, encoding if vr in ("LO", "SH", "PN", "LT", "ST", "UT") else "ascii")
+        if v is None or v == "":
+            continue
+        tags["MosaicImages" if tag == MOSAIC_TAG else keyword] = v
+    return tags

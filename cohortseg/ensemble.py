@@ -7,14 +7,20 @@ never silently built from fewer or different folds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .model import load_model
-from .provenance import sha256_file as sha256
+from .settings import SplitSettings, StageConfig
+from .util import sha256_file as sha256
 from .util import write_json
+
+
+@dataclass(frozen=True)
+class Config(StageConfig):
+    split: SplitSettings
 
 
 def build_ensemble(fold_models: list[str], n_folds: int, out: str | Path) -> dict[str, Any]:
@@ -40,15 +46,6 @@ def build_ensemble(fold_models: list[str], n_folds: int, out: str | Path) -> dic
     return manifest
 
 
-def models_from_manifest(manifest: dict[str, Any], device: torch.device) -> tuple[list[torch.nn.Module], dict[str, Any]]:
-    models, meta = [], {}
-    if len(manifest["folds"]) != manifest["n_folds"]:
-        raise ValueError("ensemble manifest does not list every declared fold")
-    for e in manifest["folds"]:
-        if sha256(e["path"]) != e["sha256"]:
-            raise ValueError(f"fold {e['fold']} model {e['path']} changed since the ensemble was built")
-        m, meta = load_model(e["path"], device)
-        models.append(m)
-    return models, meta
-
-
+def run(config: Config, fold_models: list[str], out: str | Path) -> dict[str, Any]:
+    """The stage: the manifest of the ``split.folds`` declared fold models."""
+    return build_ensemble(fold_models, config.split.folds, out)

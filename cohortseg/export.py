@@ -32,6 +32,7 @@ import io
 import json
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,18 @@ import torch
 from torch import nn
 
 from .exported import onnx_predictor, torchscript_predictor
-from .model import build_model, load_model, probabilities
-from .util import atomic_path, log, write_json
+from .model import build_model, load_model, n_outputs, probabilities
+from .settings import ExportSettings, StageConfig, TrainSettings
+from .util import atomic_path, log, set_threads, write_json
 from .window import KNOWN, model_padding, sliding_window
 
-TOLERANCE = 1e-4
+
+@dataclass(frozen=True)
+class Config(StageConfig):
+    export: ExportSettings
+    study: str
+    seed: int
+
 
 
 class Probabilities(nn.Module):
@@ -62,26 +70,24 @@ class Probabilities(nn.Module):
         return acc / len(self.models)
 
 
-def network_spec(train: dict[str, Any], n_labels: int, size: list[int]) -> dict[str, Any]:
+def network_spec(train: TrainSettings, n_labels: int, size: list[int]) -> dict[str, Any]:
     """The network as a MONAI config (``_target_`` + arguments), equal to :func:`cohortseg.model.build_model`."""
     net = build_model(train, n_labels, size)
-    from .model import n_outputs
-
     out = n_outputs(n_labels)
-    f, levels = int(train["base_filters"]), int(train["levels"])
-    if train["model"] == "unet":
+    f, levels = train.base_filters, train.levels
+    if train.model == "unet":
         spec = {"_target_": "monai.networks.nets.UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": out,
                 "channels": [f * 2**i for i in range(levels)], "strides": [2] * (levels - 1),
-                "num_res_units": int(train["res_units"]), "norm": "INSTANCE"}
-    elif train["model"] == "segresnet":
+                "num_res_units": train.res_units, "norm": "INSTANCE"}
+    elif train.model == "segresnet":
         spec = {"_target_": "monai.networks.nets.SegResNet", "spatial_dims": 3, "in_channels": 1, "out_channels": out,
                 "init_filters": f, "blocks_down": [min(2**i, 4) for i in range(levels)], "blocks_up": [1] * (levels - 1),
                 "norm": ["INSTANCE", {"affine": True}]}
     else:
-        hidden = int(train["unetr_hidden_size"])
+        hidden = train.unetr_hidden_size
         spec = {"_target_": "monai.networks.nets.UNETR", "in_channels": 1, "out_channels": out, "img_size": list(size),
-                "feature_size": int(train["unetr_feature_size"]), "hidden_size": hidden, "mlp_dim": 4 * hidden,
-                "num_heads": int(train["unetr_heads"]), "proj_type": "conv", "norm_name": "instance"}
+                "feature_size": train.unetr_feature_size, "hidden_size": hidden, "mlp_dim": 4 * hidden,
+                "num_heads": train.unetr_heads, "proj_type": "conv", "norm_name": "instance"}
     # the spec must build the very network cohortseg trains (same parameter names and shapes)
     from monai.bundle import ConfigParser
 
@@ -89,7 +95,7 @@ def network_spec(train: dict[str, Any], n_labels: int, size: list[int]) -> dict[
     ours = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
     if ours != theirs:
-        raise RuntimeError(f"network spec of {train['model']} does not rebuild cohortseg's network")
+        raise RuntimeError(f"network spec of {train.model} does not rebuild cohortseg's network")
     return spec
 
 
@@ -208,7 +214,8 @@ def slicer_package(model_path: str | Path, out_zip: str | Path, name: str, versi
     n_labels = len(meta["labels"])
     padding = model_padding(meta, str(model_path))
     config = {
-        "network": network_spec(meta["train"], n_labels, meta["size"]), "input_padding": padding,
+        "network": network_spec(TrainSettings.from_dict(meta["train"]), n_labels, meta["size"]),
+        "input_padding": padding,
         "roi_size": list(meta["size"]), "resample_resolution": [float(s) for s in pp["spacing"]],
         "orientation_ras": True, "crop_foreground": False, "normalize_mode": "meanstd", "intensity_bounds": [0, 1],
         "sigmoid": n_labels == 1, "bundle_root": name, "labels": list(meta["labels"]),
@@ -250,20 +257,20 @@ every axis and without zero-valued voxels. For any other image use `cohortseg in
 """
 
 
-def run(cfg: dict[str, Any], manifest_path: str | Path, out_dir: str | Path, info_out: str | Path,
-        volume: str | Path | None = None, threads: int = 1, tolerance: float = TOLERANCE) -> dict[str, Any]:
-    """Export every fold of the ensemble manifest and the ensemble; parity of each; the Slicer package."""
-    from .util import set_threads
-
+def run(config: Config, manifest_path: str | Path, out_dir: str | Path, volume: str | Path | None = None,
+        threads: int = 1) -> dict[str, Any]:
+    """Export every fold of the ensemble manifest and the ensemble into ``out_dir``, with the parity of
+    each and the Slicer package; ``out_dir/export.json`` records them."""
     set_threads(threads)
-    torch.manual_seed(int(cfg["seed"]))
+    tolerance = config.export.tolerance
+    torch.manual_seed(config.seed)
     manifest = json.loads(Path(manifest_path).read_text())
     out = Path(out_dir)
     loaded = [load_model(e["path"], "cpu") for e in manifest["folds"]]
     meta = loaded[0][1]
     size, n_labels = list(meta["size"]), len(meta["labels"])
     padding = model_padding(meta, str(manifest["folds"][0]["path"]))
-    vol = test_volume(size, volume, int(cfg["seed"]))
+    vol = test_volume(size, volume, config.seed)
     info: dict[str, Any] = {"window": size, "labels": meta["labels"], "preprocess": meta["preprocess"],
                             "input_padding": padding,
                             "test_volume": "preprocessed test image" if volume is not None else "seeded normal volume",
@@ -284,9 +291,9 @@ def run(cfg: dict[str, Any], manifest_path: str | Path, out_dir: str | Path, inf
             raise RuntimeError(f"export {stem}: exported program differs from PyTorch by {worst:.3g} > {tolerance}")
     if meta["preprocess"]["normalisation"] == "zscore":
         best = max(manifest["folds"], key=lambda e: e["best_val_dice"])
-        name = f"cohortseg-{cfg['study']}"
+        name = f"cohortseg-{config.study}"
         info["slicer"] = slicer_package(best["path"], out / f"{name}-v1.0.0.zip", name, "1.0.0")
     else:
         info["slicer"] = {"skipped": "percentile-normalised model: the Slicer extension normalises by z-score"}
-    write_json(info_out, info)
+    write_json(out / "export.json", info)
     return info

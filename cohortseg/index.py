@@ -26,8 +26,39 @@ from pydicom.errors import InvalidDicomError
 
 from .dicomscan import CHARSET_TAG, CSA_IMAGE_TAG, GEOMETRY, MOSAIC_TAG, Fallback, scan
 from .dicomscan import TAGS as SCAN_TAGS
-from .pseudonym import PRIVATE_MODE, Pseudonymiser, ensure_private_dir
-from .util import log, write_json, write_tsv
+from .pseudonym import PRIVATE_MODE, Pseudonymiser, ensure_private_dir, from_settings
+from .settings import IndexSettings, MaskSettings, NiftiSettings, PseudonymSettings, StageConfig
+from .util import log, write_json, write_text, write_tsv
+
+
+@dataclass(frozen=True)
+class Config(StageConfig):
+    source: str
+    dicom_dir: str
+    nifti: NiftiSettings
+    masks: MaskSettings
+    private_dir: str
+    pseudonym: PseudonymSettings
+    index: IndexSettings
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What the index writes: the pseudonymous tables (results/) and the private maps (private_dir)."""
+
+    series: str
+    subjects: str
+    series_files: str
+    masks: str
+    id_map: str
+    file_map: str
+
+    @classmethod
+    def default(cls, results: str | Path, private_dir: str | Path) -> Outputs:
+        r, p = Path(results), Path(private_dir)
+        return cls(str(r / "cohort" / "series.tsv"), str(r / "cohort" / "subjects.tsv"), str(p / "series_files.json"),
+                   str(p / "masks.json"), str(p / "id_map.tsv"), str(p / "file_map.tsv"))
 
 # the tags the index reads are the fast scanner's list (dicomscan.TAGS); pydicom reads them by keyword
 _BY_KEYWORD = {kw: vr for tag, (kw, vr) in SCAN_TAGS.items() if tag not in (CHARSET_TAG, MOSAIC_TAG)}
@@ -347,11 +378,20 @@ def summarise_series(headers: list[FileHeader], gap_tol: float) -> dict[str, Any
     """Geometry and tag summary of the files of one series."""
     t0 = headers[0].tags
     sop_uids = [h.tags.get("SOPInstanceUID") for h in headers]
-    dups = len(sop_uids) - len(set(sop_uids))
     hs = unique_instances(headers)
+    row = tag_summary(t0, hs)
+    row.update(n_files=len(headers), duplicates=len(sop_uids) - len(set(sop_uids)))
+    row.update(stack_geometry(hs, row, gap_tol))
+    agent = any(str(h.tags.get("ContrastBolusAgent", "")).strip() for h in hs)
+    row["contrast"] = bool(agent or CONTRAST_DESC.search(str(row["series_description"])))
+    return row
+
+
+def tag_summary(t0: dict[str, Any], hs: list[FileHeader]) -> dict[str, Any]:
+    """The series' columns read from its first file's tags (and its frame count)."""
     ts = t0.get("TransferSyntaxUID", "")
-    row: dict[str, Any] = {
-        "n_files": len(headers), "duplicates": dups,
+    ps = t0.get("PixelSpacing")
+    return {
         "modality": t0.get("Modality", ""), "sop_class": sop_class_name(t0.get("SOPClassUID")),
         "series_description": t0.get("SeriesDescription", ""),
         "image_type": t0.get("ImageType", ""),
@@ -365,65 +405,72 @@ def summarise_series(headers: list[FileHeader], gap_tol: float) -> dict[str, Any
         "gantry_tilt_deg": abs(float(t0.get("GantryDetectorTilt", 0.0))),
         "transfer_syntax": _ts_name(ts), "decodable": decodable(ts),
         "mosaic": bool(t0.get("MosaicImages")),
+        "pixel_spacing_row": ps[0] if ps and len(ps) == 2 else None,
+        "pixel_spacing_col": ps[1] if ps and len(ps) == 2 else None,
     }
-    ps = t0.get("PixelSpacing")
-    row["pixel_spacing_row"], row["pixel_spacing_col"] = (ps[0], ps[1]) if ps and len(ps) == 2 else (None, None)
+
+
+def stack_geometry(hs: list[FileHeader], row: dict[str, Any], gap_tol: float) -> dict[str, Any]:
+    """Slices, volumes, plane, obliquity, measured gantry tilt, spacing and gaps of the image stack."""
+    t0 = hs[0].tags
     iops = [h.tags.get("ImageOrientationPatient") for h in hs]
-    dims = {(h.tags.get("Rows"), h.tags.get("Columns")) for h in hs}
-    consistent = len(dims) == 1
-    row.update(n_slices=len(hs), n_volumes=1, slice_spacing=None, plane="unknown", obliquity_deg=None,
-               slice_gaps_uneven=False, missing_slices=0)
+    consistent = len({(h.tags.get("Rows"), h.tags.get("Columns")) for h in hs}) == 1
+    out: dict[str, Any] = dict(n_slices=len(hs), n_volumes=1, slice_spacing=None, plane="unknown", obliquity_deg=None,
+                               slice_gaps_uneven=False, missing_slices=0)
     # one position per 2D image: a file each, or the frames of an enhanced multi-frame file
     if row["n_frames"] > 1:
         ipps = [p for h in hs for p in (h.tags.get("FramePositions") or [None])]
     else:
         ipps = [h.tags.get("ImagePositionPatient") for h in hs]
-    if iops[0] is not None and all(i is not None and len(i) == 6 for i in iops):
-        iop = np.array(iops[0], dtype=float)
-        if any(np.abs(np.array(i) - iop).max() > 1e-3 for i in iops):
-            consistent = False
-        rdir, cdir = iop[:3], iop[3:]
-        normal = np.cross(rdir, cdir)
-        if np.linalg.norm(normal) > 0.5:
-            normal = normal / np.linalg.norm(normal)
-            row["plane"], row["obliquity_deg"] = _plane(normal)
-            if row["mosaic"]:
-                row["n_slices"] = int(t0["MosaicImages"])
-                row["n_volumes"] = len(hs)
-            elif all(p is not None and len(p) == 3 for p in ipps):
-                P = np.array(ipps, dtype=float)
-                d = P @ normal
-                pos, first_idx = np.unique(np.round(d, 3), return_index=True)
-                row["n_slices"] = int(len(pos))
-                row["n_volumes"] = int(round(len(P) / max(len(pos), 1)))
-                if len(P) % max(len(pos), 1):
-                    consistent = False
-                if len(pos) >= 2:
-                    # gantry tilt, measured: the angle between the stacking direction and the slice normal
-                    step = P[first_idx[-1]] - P[first_idx[0]]
-                    if np.linalg.norm(step) > 0:
-                        cosang = abs(float(step @ normal)) / float(np.linalg.norm(step))
-                        tilt = float(np.degrees(np.arccos(np.clip(cosang, -1, 1))))
-                        row["gantry_tilt_deg"] = round(tilt, 3) if tilt > 0.01 else 0.0
-                if len(pos) > 2:
-                    gaps = np.diff(pos)
-                    med = float(np.median(gaps))
-                    row["slice_spacing"] = med
-                    if med > 0:
-                        uneven = bool(np.any(np.abs(gaps - med) > gap_tol * med))
-                        ratios = gaps / med
-                        # a missing slice leaves a gap that is a whole multiple of the spacing
-                        whole = bool(np.all(np.abs(ratios - np.round(ratios)) <= gap_tol))
-                        row["slice_gaps_uneven"] = uneven and not whole
-                        row["missing_slices"] = int(np.round(ratios).sum() - len(gaps)) if uneven and whole else 0
-                elif len(pos) == 2:
-                    row["slice_spacing"] = float(pos[1] - pos[0])
-            elif row["n_frames"] > 1:
-                row["n_slices"] = row["n_frames"]
-    row["geometry_consistent"] = consistent
-    agent = any(str(h.tags.get("ContrastBolusAgent", "")).strip() for h in hs)
-    row["contrast"] = bool(agent or CONTRAST_DESC.search(str(row["series_description"])))
-    return row
+    if iops[0] is None or not all(i is not None and len(i) == 6 for i in iops):
+        return {**out, "geometry_consistent": consistent}
+    iop = np.array(iops[0], dtype=float)
+    if any(np.abs(np.array(i) - iop).max() > 1e-3 for i in iops):
+        consistent = False
+    normal = np.cross(iop[:3], iop[3:])
+    if np.linalg.norm(normal) <= 0.5:
+        return {**out, "geometry_consistent": consistent}
+    normal = normal / np.linalg.norm(normal)
+    out["plane"], out["obliquity_deg"] = _plane(normal)
+    if row["mosaic"]:
+        out.update(n_slices=int(t0["MosaicImages"]), n_volumes=len(hs))
+    elif all(p is not None and len(p) == 3 for p in ipps):
+        positions = np.array(ipps, dtype=float)
+        stack = slice_positions(positions, normal, gap_tol)
+        consistent = consistent and stack.pop("whole_volumes")
+        out.update(stack)
+    elif row["n_frames"] > 1:
+        out["n_slices"] = row["n_frames"]
+    return {**out, "geometry_consistent": consistent}
+
+
+def slice_positions(positions: np.ndarray, normal: np.ndarray, gap_tol: float) -> dict[str, Any]:
+    """From the image positions along the slice normal: slices, volumes, measured tilt, spacing, gaps."""
+    d = positions @ normal
+    pos, first_idx = np.unique(np.round(d, 3), return_index=True)
+    out: dict[str, Any] = {"n_slices": int(len(pos)), "n_volumes": int(round(len(positions) / max(len(pos), 1))),
+                           "whole_volumes": not len(positions) % max(len(pos), 1)}
+    if len(pos) >= 2:
+        # gantry tilt, measured: the angle between the stacking direction and the slice normal
+        step = positions[first_idx[-1]] - positions[first_idx[0]]
+        if np.linalg.norm(step) > 0:
+            cosang = abs(float(step @ normal)) / float(np.linalg.norm(step))
+            tilt = float(np.degrees(np.arccos(np.clip(cosang, -1, 1))))
+            out["gantry_tilt_deg"] = round(tilt, 3) if tilt > 0.01 else 0.0
+    if len(pos) > 2:
+        gaps = np.diff(pos)
+        med = float(np.median(gaps))
+        out["slice_spacing"] = med
+        if med > 0:
+            uneven = bool(np.any(np.abs(gaps - med) > gap_tol * med))
+            ratios = gaps / med
+            # a missing slice leaves a gap that is a whole multiple of the spacing
+            whole = bool(np.all(np.abs(ratios - np.round(ratios)) <= gap_tol))
+            out["slice_gaps_uneven"] = uneven and not whole
+            out["missing_slices"] = int(np.round(ratios).sum() - len(gaps)) if uneven and whole else 0
+    elif len(pos) == 2:
+        out["slice_spacing"] = float(pos[1] - pos[0])
+    return out
 
 
 def build_index(
@@ -441,8 +488,20 @@ def build_index(
     empty: list[str] = []
     paths = list(files) if files is not None else list_files(dicom_dir, empty)
     headers = read_headers(paths, workers)
-    postop = re.compile(postop_regex, re.I)
+    by_series, bad, folder_patient = group_headers(headers)
+    rows, series_files, id_map = series_rows(by_series, pseudo, re.compile(postop_regex, re.I), gap_tol)
+    bad += [FileHeader(folder, "empty_folder", {}) for folder in empty]
+    bad_rows, file_map = bad_file_rows(bad, folder_patient, pseudo)
+    df = pd.DataFrame(rows + bad_rows, columns=SERIES_COLUMNS)
+    df = df.sort_values(["subject", "study_order", "series_number", "series"], na_position="last", kind="stable")
+    private = {"series_files": series_files, "id_map": id_map, "file_map": file_map,
+               "n_files": len(paths), "status_counts": dict(Counter(h.status for h in headers)), "empty_folders": len(empty)}
+    return df.reset_index(drop=True), private
 
+
+def group_headers(headers: list[FileHeader]) -> tuple[dict[str, list[FileHeader]], list[FileHeader], dict[str, Counter[str]]]:
+    """Readable files by SeriesInstanceUID, the others, and the PatientIDs seen in each folder (a bad file
+    is attributed to its folder's patient)."""
     by_series: dict[str, list[FileHeader]] = defaultdict(list)
     bad: list[FileHeader] = []
     folder_patient: dict[str, Counter[str]] = defaultdict(Counter)
@@ -453,20 +512,32 @@ def build_index(
                 folder_patient[os.path.dirname(h.path)][h.tags["PatientID"]] += 1
         else:
             bad.append(h)
+    return by_series, bad, folder_patient
 
-    # study order per patient, from date and time (dates themselves never leave this function)
+
+def study_ranks(by_series: dict[str, list[FileHeader]]) -> Any:
+    """(PatientID, StudyInstanceUID) -> (order of the study among the patient's, days since the first);
+    the dates themselves never leave this function."""
     studies: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)
     for hs in by_series.values():
         t = hs[0].tags
         studies[t.get("PatientID", "")][t.get("StudyInstanceUID", "")] = (t.get("StudyDate", ""), t.get("StudyTime", ""))
 
-    def study_rank(pid: str, study_uid: str) -> tuple[int, int | None]:
+    def rank(pid: str, study_uid: str) -> tuple[int, int | None]:
         items = sorted(studies[pid].items(), key=lambda kv: (kv[1][0], kv[1][1], kv[0]))
         order = [k for k, _ in items].index(study_uid)
         first = _date(items[0][1][0])
         this = _date(studies[pid][study_uid][0])
         return order, (this - first).days if first and this else None
 
+    return rank
+
+
+def series_rows(by_series: dict[str, list[FileHeader]], pseudo: Pseudonymiser, postop: re.Pattern[str],
+                gap_tol: float) -> tuple[list[dict[str, Any]], dict[str, list[str]], dict[str, str]]:
+    """One pseudonymous row per series (per part of a series that cannot form one volume), the files of
+    each in spatial order, and the subject -> PatientID map."""
+    rank = study_ranks(by_series)
     rows: list[dict[str, Any]] = []
     series_files: dict[str, list[str]] = {}
     id_map: dict[str, str] = {}
@@ -476,42 +547,38 @@ def build_index(
             parts.append((uid, uid if k == 0 else f"{uid}#part{k}", hs))
     for uid, part_uid, hs in parts:
         t = hs[0].tags
-        pid = t.get("PatientID", "")
-        if not pid:
-            pid = f"unknown-patient:{os.path.dirname(hs[0].path)}"
+        pid = t.get("PatientID", "") or f"unknown-patient:{os.path.dirname(hs[0].path)}"
         subject = pseudo.subject(pid)
         id_map[subject] = pid
-        order, days = study_rank(t.get("PatientID", ""), t.get("StudyInstanceUID", ""))
+        order, days = rank(t.get("PatientID", ""), t.get("StudyInstanceUID", ""))
         row = {"subject": subject, "study": pseudo.study(t.get("StudyInstanceUID", "")), "series": pseudo.series(part_uid),
                "status": "ok"}
         row.update(summarise_series(hs, gap_tol))
         # files of one SeriesInstanceUID that cannot form one volume: each part is a series of its own
         row["split_from_uid"] = pseudo.series(uid) if part_uid != uid else ""
         text = " ".join(str(t.get(k, "")) for k in ("StudyDescription", "SeriesDescription", "ProtocolName"))
-        row["postop"] = bool(postop.search(text))
-        row["study_order"] = order
-        row["days_from_first"] = days
+        row.update(postop=bool(postop.search(text)), study_order=order, days_from_first=days)
         rows.append(row)
         series_files[row["series"]] = _spatial_order(unique_instances(hs))
+    return rows, series_files, id_map
 
-    file_map: dict[str, str] = {}
-    for folder in empty:
-        bad.append(FileHeader(folder, "empty_folder", {}))
+
+def bad_file_rows(bad: list[FileHeader], folder_patient: dict[str, Counter[str]],
+                  pseudo: Pseudonymiser) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """A row per file (or empty folder) that holds no series, under its folder's patient; file id -> path."""
+    rows, file_map = [], {}
     for h in bad:
         owners = folder_patient.get(os.path.dirname(h.path))
         subject = pseudo.subject(owners.most_common(1)[0][0]) if owners else "unknown"
         fid = pseudo.file(h.path)
         file_map[fid] = h.path
-        rows.append({"subject": subject, "study": "", "series": fid, "status": h.status, "n_files": 0 if h.status == "empty_folder" else 1,
+        rows.append({"subject": subject, "study": "", "series": fid, "status": h.status,
+                     "n_files": 0 if h.status == "empty_folder" else 1,
                      "is_image": False, "contrast": False, "postop": False, "geometry_consistent": False,
                      "slice_gaps_uneven": False, "missing_slices": 0, "duplicates": 0, "modality": "",
                      "series_description": "", "image_type": "", "sop_class": "unknown", "plane": "unknown"})
         log.warning("%s: %s (source path in %s/file_map.tsv)", fid, h.status.replace("_", " "), "private_dir")
-    df = pd.DataFrame(rows, columns=SERIES_COLUMNS)
-    df = df.sort_values(["subject", "study_order", "series_number", "series"], na_position="last", kind="stable")
-    private = {"series_files": series_files, "id_map": id_map, "file_map": file_map,
-               "n_files": len(paths), "status_counts": dict(Counter(h.status for h in headers)), "empty_folders": len(empty)}
-    return df.reset_index(drop=True), private
+    return rows, file_map
 
 
 def _date(s: str) -> dt.date | None:
@@ -554,38 +621,40 @@ def find_masks(masks_dir: str | Path | None, pattern: str, id_map: dict[str, str
     return found
 
 
-def run(cfg: dict[str, Any], series_tsv: str | Path, subjects_tsv: str | Path, private_dir: str | Path | None = None,
-        workers: int | None = None) -> pd.DataFrame:
-    from .pseudonym import from_config
-
-    priv = ensure_private_dir(private_dir or cfg["private_dir"])
-    if cfg["source"] == "nifti":
+def run(config: Config, out: Outputs, workers: int | None = None) -> pd.DataFrame:
+    """Index the cohort; write the series and subject tables and the private maps."""
+    ensure_private_dir(config.private_dir)
+    pseudo = from_settings(config.private_dir, config.pseudonym)
+    workers = workers or config.index.threads
+    if config.source == "nifti":
         from .nifti_cohort import build_index as build_nifti_index
 
-        df, private = build_nifti_index(cfg, workers or cfg["index"]["threads"])
+        df, private = build_nifti_index(config.nifti, len(config.labels), pseudo, workers)
         masks = private["masks"]
         private["n_files"] = len(df)
         private["status_counts"] = df["status"].value_counts().to_dict()
     else:
-        pseudo = from_config(cfg)
-        df, private = build_index(cfg["dicom_dir"], pseudo, cfg["index"]["postop_regex"],
-                                  cfg["index"]["slice_gap_tolerance"], workers or cfg["index"]["threads"])
-        masks = find_masks(cfg["masks"]["dir"], cfg["masks"]["pattern"], private["id_map"])
+        idx = config.index
+        df, private = build_index(config.dicom_dir, pseudo, idx.postop_regex, idx.slice_gap_tolerance, workers)
+        masks = find_masks(config.masks.dir, config.masks.pattern, private["id_map"])
     subjects = (
         df[df["status"] == "ok"].groupby("subject")
         .agg(n_studies=("study", "nunique"), n_series=("series", "count")).reset_index()
     )
     subjects["has_mask"] = subjects["subject"].isin(masks.keys())
-    write_tsv(series_tsv, df)
-    write_tsv(subjects_tsv, subjects)
-    write_json(priv / "series_files.json", private["series_files"], mode=PRIVATE_MODE)
-    write_json(priv / "masks.json", masks, mode=PRIVATE_MODE)
-    id_rows = "".join(f"{k}\t{v}\n" for k, v in sorted(private["id_map"].items()))
-    from .util import write_text
-
-    write_text(priv / "id_map.tsv", "subject\tpatient_id\n" + id_rows, mode=PRIVATE_MODE)
-    write_text(priv / "file_map.tsv", "file\tpath\n" + "".join(f"{k}\t{v}\n" for k, v in sorted(private["file_map"].items())),
-               mode=PRIVATE_MODE)
+    write_tsv(out.series, df)
+    write_tsv(out.subjects, subjects)
+    write_private_maps(out, private, masks)
     log.info("indexed %d files: %s; %d series of %d subjects; %d masks", private["n_files"], private["status_counts"],
              int((df["status"] == "ok").sum()), df.loc[df["status"] == "ok", "subject"].nunique(), len(masks))
     return df
+
+
+def write_private_maps(out: Outputs, private: dict[str, Any], masks: dict[str, str]) -> None:
+    """The maps back to the patient (mode 600, in private_dir): files per series, masks, ids, paths."""
+    write_json(out.series_files, private["series_files"], mode=PRIVATE_MODE)
+    write_json(out.masks, masks, mode=PRIVATE_MODE)
+    id_rows = "".join(f"{k}\t{v}\n" for k, v in sorted(private["id_map"].items()))
+    write_text(out.id_map, "subject\tpatient_id\n" + id_rows, mode=PRIVATE_MODE)
+    write_text(out.file_map, "file\tpath\n" + "".join(f"{k}\t{v}\n" for k, v in sorted(private["file_map"].items())),
+               mode=PRIVATE_MODE)

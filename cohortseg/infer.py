@@ -12,8 +12,10 @@ exactly the converted image's shape and affine and overlays on it in 3D Slicer.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,18 @@ import numpy as np
 import torch
 import torchio as tio
 
-from .ensemble import models_from_manifest
-from .model import discretise, load_model, probabilities
+from .model import discretise, load_ensemble, load_model, probabilities
 from .preprocess import check_image, inference_transform, load_subject
-from .util import log, save_nifti, write_json
+from .settings import InferSettings, PreprocessSettings, StageConfig
+from .util import log, resolve_device, save_nifti, seed_everything, set_threads, write_json
 from .window import model_padding, sliding_window
+
+
+@dataclass(frozen=True)
+class Config(StageConfig):
+    infer: InferSettings
+    seed: int
+    deterministic: bool
 
 
 FLIPS = [dims for k in range(4) for dims in itertools.combinations((2, 3, 4), k)]
@@ -57,7 +66,7 @@ def average_probabilities(predictors: list[Predictor], x: torch.Tensor, window: 
     return acc / n
 
 
-def predict(predictors: list[Predictor], meta: dict[str, Any], infer_cfg: dict[str, Any], image_path: str | Path,
+def predict(predictors: list[Predictor], meta: dict[str, Any], settings: InferSettings, image_path: str | Path,
             device: torch.device | str = "cpu") -> tuple[nib.Nifti1Image, dict[str, Any]]:
     """The source-space segmentation of ``image_path`` by ``predictors``, which share ``meta`` (labels,
     window ``size``, ``preprocess`` and ``input_padding`` of the model file or export)."""
@@ -66,11 +75,11 @@ def predict(predictors: list[Predictor], meta: dict[str, Any], infer_cfg: dict[s
     subj = load_subject(image_path)
     check_image(subj["image"], str(Path(image_path).parent.name))
     # the model's own preprocessing, so a model folder is self-contained
-    pre = inference_transform({"preprocess": meta["preprocess"]})(subj)
+    pre = inference_transform(PreprocessSettings.from_dict(meta["preprocess"]))(subj)
     x = pre["image"][tio.DATA][None].float().to(device)
-    probs = average_probabilities(predictors, x, meta["size"], padding, float(infer_cfg["overlap"]),
-                                  str(infer_cfg["mode"]), bool(infer_cfg["tta_flip"]))[0]
-    label = to_source_space(probs, pre["image"].affine, subj["image"], n_labels, float(infer_cfg["threshold"]))
+    probs = average_probabilities(predictors, x, meta["size"], padding, settings.overlap, settings.mode,
+                                  settings.tta_flip)[0]
+    label = to_source_space(probs, pre["image"].affine, subj["image"], n_labels, settings.threshold)
     src = nib.load(str(image_path))
     if label.shape != src.shape[:3]:
         raise RuntimeError(f"prediction shape {label.shape} does not match the source {src.shape}")
@@ -96,14 +105,12 @@ def load_predictors(model_paths: list[str] | None, manifest_path: str | Path | N
                     device: torch.device) -> tuple[list[Predictor], dict[str, Any]]:
     """Predictors and their shared metadata from fold model files, an ensemble manifest or an exported
     TorchScript/ONNX program (with the ``export.json`` beside it)."""
-    import json
-
     if exported is not None:
         from .exported import load_program
 
         return load_program(exported)
     if manifest_path is not None:
-        models, meta = models_from_manifest(json.loads(Path(manifest_path).read_text()), device)
+        models, meta = load_ensemble(json.loads(Path(manifest_path).read_text()), device)
         meta = {**meta, "source": str(manifest_path)}
     else:
         if not model_paths:
@@ -114,25 +121,22 @@ def load_predictors(model_paths: list[str] | None, manifest_path: str | Path | N
     return [network_predictor(m, n_labels) for m in models], meta
 
 
-def run(cfg: dict[str, Any], model_name: str, cases: list[tuple[str, str, str, str]], model_paths: list[str] | None,
+def run(config: Config, model_name: str, cases: list[tuple[str, str, str, str]], model_paths: list[str] | None,
         manifest_path: str | Path | None, threads: int = 1, exported: str | Path | None = None) -> None:
     """Predict ``cases`` = [(case id, image, prediction out, timing json out)] with one fold, the ensemble
     or an exported program.
 
     Models are loaded once per call, so a fold's whole validation set is one job (MONAI alone takes
     several seconds to import)."""
-    from .train import _resolve_device
-    from .util import seed_everything, set_threads
-
     set_threads(threads)
-    seed_everything(int(cfg["seed"]), cfg["deterministic"])
-    device = torch.device("cpu") if exported is not None else _resolve_device(cfg["train"]["device"])
+    seed_everything(config.seed, config.deterministic)
+    device = torch.device("cpu") if exported is not None else resolve_device(config.infer.device)
     t_load = time.time()
     predictors, meta = load_predictors(model_paths, manifest_path, exported, device)
     load_seconds = time.time() - t_load
     for case, image, out, info_out in cases:
         t0 = time.time()
-        pred, info = predict(predictors, meta, cfg["infer"], image, device)
+        pred, info = predict(predictors, meta, config.infer, image, device)
         save_nifti(pred, out)
         info.update(model=model_name, subject=case, n_models=int(meta.get("n_models", len(predictors))), seconds=time.time() - t0,
                     model_load_seconds=load_seconds, device=str(device), threads=threads)
@@ -142,7 +146,7 @@ def run(cfg: dict[str, Any], model_name: str, cases: list[tuple[str, str, str, s
 
 def write_shard_manifest(shard: str, cases: list[tuple[str, str, str, str]], out: str | Path) -> None:
     """List a shard's predictions (and their SHA-256) as the proof that the whole shard is predicted."""
-    from .provenance import sha256_file
+    from .util import sha256_file
 
     write_json(out, {"shard": shard, "predictions": {c: {"prediction": pred, "info": info, "sha256": sha256_file(pred)}
                                                      for c, _, pred, info in cases}})

@@ -11,6 +11,7 @@ that takes the voxel spacing (so anisotropic volumes are measured in mm). Conven
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,13 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from .settings import StageConfig
 from .util import log, write_tsv
+
+
+@dataclass(frozen=True)
+class Config(StageConfig):
+    labels: tuple[str, ...]
 
 METRICS = ["dice", "iou", "hd95", "hd", "avg_hd", "vol_ref_mm3", "vol_pred_mm3", "vol_diff_mm3", "vol_diff_pct"]
 
@@ -96,12 +103,12 @@ def summarise(cases: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(cfg: dict[str, Any], pairs: list[tuple[str, str, str, str]], train_infos: list[str], pred_infos: list[str],
+def run(config: Config, pairs: list[tuple[str, str, str, str]], train_infos: list[str], pred_infos: list[str],
         cases_out: str | Path, summary_out: str | Path, timing_out: str | Path) -> pd.DataFrame:
     """``pairs``: (model, subject, prediction path, reference path)."""
     rows = []
     for model, subject, pred, ref in pairs:
-        for r in evaluate_case(pred, ref, cfg["labels"]):
+        for r in evaluate_case(pred, ref, list(config.labels)):
             rows.append({"model": model, "subject": subject, **r})
     cols = ["model", "subject", "label", "status"] + METRICS
     cases = pd.DataFrame(rows, columns=cols)

@@ -1,4 +1,5 @@
-"""Networks, losses and the probability convention shared by training and inference."""
+"""Networks, losses, the probability convention and model files, shared by training, the ensemble,
+inference and export (a stage never imports another stage's module)."""
 
 from __future__ import annotations
 
@@ -8,43 +9,45 @@ from typing import Any
 import torch
 from torch import nn
 
+from .settings import TrainSettings
+from .util import sha256_file
+
 
 def n_outputs(n_labels: int) -> int:
     """One sigmoid channel for a single label; background + one channel per label otherwise."""
     return 1 if n_labels == 1 else n_labels + 1
 
 
-def build_model(train: dict[str, Any], n_labels: int, size: list[int]) -> nn.Module:
+def build_model(train: TrainSettings, n_labels: int, size: list[int]) -> nn.Module:
     out = n_outputs(n_labels)
-    if train["model"] == "unet":
+    if train.model == "unet":
         from monai.networks.nets import UNet
 
-        f = int(train["base_filters"])
-        levels = int(train["levels"])
+        f, levels = train.base_filters, train.levels
         return UNet(
             spatial_dims=3, in_channels=1, out_channels=out,
             channels=tuple(f * 2**i for i in range(levels)), strides=(2,) * (levels - 1),
-            num_res_units=int(train["res_units"]), norm="INSTANCE",
+            num_res_units=train.res_units, norm="INSTANCE",
         )
-    if train["model"] == "unetr":
+    if train.model == "unetr":
         from monai.networks.nets import UNETR
 
-        hidden = int(train["unetr_hidden_size"])
+        hidden = train.unetr_hidden_size
         return UNETR(
-            in_channels=1, out_channels=out, img_size=tuple(size), feature_size=int(train["unetr_feature_size"]),
-            hidden_size=hidden, mlp_dim=4 * hidden, num_heads=int(train["unetr_heads"]), proj_type="conv",
+            in_channels=1, out_channels=out, img_size=tuple(size), feature_size=train.unetr_feature_size,
+            hidden_size=hidden, mlp_dim=4 * hidden, num_heads=train.unetr_heads, proj_type="conv",
             norm_name="instance",
         )
-    if train["model"] == "segresnet":
+    if train.model == "segresnet":
         from monai.networks.nets import SegResNet
 
-        levels = int(train["levels"])
+        levels = train.levels
         return SegResNet(
-            spatial_dims=3, in_channels=1, out_channels=out, init_filters=int(train["base_filters"]),
+            spatial_dims=3, in_channels=1, out_channels=out, init_filters=train.base_filters,
             blocks_down=tuple(min(2 ** i, 4) for i in range(levels)), blocks_up=(1,) * (levels - 1),
             norm=("INSTANCE", {"affine": True}),
         )
-    raise ValueError(f"unknown model {train['model']!r}")
+    raise ValueError(f"unknown model {train.model!r}")
 
 
 def build_loss(alpha: float, n_labels: int) -> nn.Module:
@@ -88,7 +91,21 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     blob = torch.load(path, map_location=device, weights_only=True)
     meta = blob["meta"]
     model_padding(meta, str(path))
-    model = build_model(meta["train"], len(meta["labels"]), meta["size"])
+    model = build_model(TrainSettings.from_dict(meta["train"]), len(meta["labels"]), meta["size"])
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     return model, meta
+
+
+def load_ensemble(manifest: dict[str, Any], device: str | torch.device = "cpu") -> tuple[list[nn.Module], dict[str, Any]]:
+    """The fold networks of an ensemble manifest (``cohortseg.ensemble``), each checked against its SHA-256:
+    a missing or changed fold is an error, never a smaller or different ensemble."""
+    models, meta = [], {}
+    if len(manifest["folds"]) != manifest["n_folds"]:
+        raise ValueError("ensemble manifest does not list every declared fold")
+    for e in manifest["folds"]:
+        if sha256_file(e["path"]) != e["sha256"]:
+            raise ValueError(f"fold {e['fold']} model {e['path']} changed since the ensemble was built")
+        m, meta = load_model(e["path"], device)
+        models.append(m)
+    return models, meta

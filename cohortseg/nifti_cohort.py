@@ -32,6 +32,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from .pseudonym import Pseudonymiser
+from .settings import NiftiSettings
 from .util import log
 
 NIFTI_RE = re.compile(r"^(?P<case>.+?)(?:_(?P<channel>\d{4}))?\.nii(?:\.gz)?$")
@@ -45,16 +47,16 @@ def case_name(filename: str) -> str | None:
     return m.group("case") if m and not filename.startswith(".") else None
 
 
-def find_cases(nc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def find_cases(nc: NiftiSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(cases: case, image, label or None) and (stray files: path, reason) of a NIfTI cohort."""
     cases: list[dict[str, Any]] = []
     stray: list[dict[str, Any]] = []
-    if nc.get("table"):
-        tab = pd.read_csv(nc["table"], sep="\t", dtype=str, keep_default_na=False)
+    if nc.table:
+        tab = pd.read_csv(nc.table, sep="\t", dtype=str, keep_default_na=False)
         missing = {"case", "image"} - set(tab.columns)
         if missing:
-            raise ValueError(f"{nc['table']}: missing column(s) {', '.join(sorted(missing))} (need case, image[, label])")
-        base = Path(nc["table"]).parent
+            raise ValueError(f"{nc.table}: missing column(s) {', '.join(sorted(missing))} (need case, image[, label])")
+        base = Path(nc.table).parent
         for r in tab.to_dict("records"):
             img = str(base / r["image"]) if not os.path.isabs(r["image"]) else r["image"]
             lab = r.get("label") or None
@@ -62,10 +64,10 @@ def find_cases(nc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
                 lab = str(base / lab)
             cases.append({"case": r["case"], "image": img, "label": lab})
         return cases, stray
-    images = Path(nc["images"])
-    if not images.is_dir():
-        raise FileNotFoundError(f"nifti.images: {images} is not a folder")
-    labels = Path(nc["labels"]) if nc.get("labels") else None
+    if not nc.images or not Path(nc.images).is_dir():
+        raise FileNotFoundError(f"nifti.images: {nc.images} is not a folder")
+    images = Path(nc.images)
+    labels = Path(nc.labels) if nc.labels else None
     label_files: dict[str, str] = {}
     if labels is not None:
         for f in sorted(labels.iterdir()):
@@ -138,19 +140,15 @@ def check_case(image: str, label: str | None, n_labels: int, tol: float) -> dict
     return row
 
 
-def build_index(cfg: dict[str, Any], workers: int = 1) -> tuple[pd.DataFrame, dict[str, Any]]:
+def build_index(nc: NiftiSettings, n_labels: int, pseudo: Pseudonymiser,
+                workers: int = 1) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The series table (one row per case or stray file) and the private maps of a NIfTI cohort."""
-    from .pseudonym import from_config
-
-    pseudo = from_config(cfg)
-    nc = cfg["nifti"]
-    n_labels = len(cfg["labels"])
     cases, stray = find_cases(nc)
     seen: dict[str, int] = {}
     for c in cases:
         seen[c["case"]] = seen.get(c["case"], 0) + 1
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        checks = list(pool.map(lambda c: check_case(c["image"], c["label"], n_labels, float(nc["tolerance"])), cases))
+        checks = list(pool.map(lambda c: check_case(c["image"], c["label"], n_labels, nc.tolerance), cases))
     rows, series_files, masks, id_map, file_map = [], {}, {}, {}, {}
     for c, chk in zip(cases, checks):
         subject = pseudo.subject(c["case"])

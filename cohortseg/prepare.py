@@ -24,23 +24,35 @@ import os
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .settings import ConvertSettings, PrepareSettings, PreprocessSettings, PseudonymSettings, StageConfig
 from .util import read_tsv, write_json, write_text
 
 log = logging.getLogger(__name__)
 STAMP = ".prepare-stamp"
-# the config sections the stage reads: part of the rule's params and of every subject's stamp
-CONFIG_SECTIONS = ("source", "convert", "preprocess", "labels", "prepare")
 
 
-def fingerprint(cfg: dict[str, Any]) -> str:
-    """The stage's code hash and config hash: the same for ``snakemake`` and ``cohortseg prepare``."""
-    from .codehash import stage_hash
-    from .config import section_hash
+@dataclass(frozen=True)
+class Config(StageConfig):
+    """The sections the stage reads: part of the rule's params and of every subject's stamp."""
 
-    return f"{stage_hash('prepare')}-{section_hash(cfg, *CONFIG_SECTIONS)}"
+    source: str
+    convert: ConvertSettings
+    preprocess: PreprocessSettings
+    labels: tuple[str, ...]
+    prepare: PrepareSettings
+    pseudonym: PseudonymSettings
+
+
+@dataclass(frozen=True)
+class Folders:
+    """Where a shard's subjects go: results/nifti/<subject>/ and results/preproc/<subject>/."""
+
+    nifti: str
+    preproc: str
 
 
 def shard_of(subject: str, prefix: str, digits: int) -> str:
@@ -55,10 +67,9 @@ def shards(subjects: list[str], prefix: str, digits: int) -> dict[str, list[str]
     return out
 
 
-def subject_files(subject: str, nifti_dir: str | Path = "results/nifti", preproc_dir: str | Path = "results/preproc",
-                  labelled: bool = True) -> dict[str, str]:
+def subject_files(subject: str, folders: Folders, labelled: bool = True) -> dict[str, str]:
     """Every file ``prepare`` writes for a subject (labelled subjects also get a label and preprocessed data)."""
-    n, p = Path(nifti_dir) / subject, Path(preproc_dir) / subject
+    n, p = Path(folders.nifti) / subject, Path(folders.preproc) / subject
     files = {"image": n / "image.nii.gz", "sidecar": n / "image.json"}
     if labelled:
         files |= {"label": n / "label.nii.gz", "preproc_image": p / "image.nii", "preproc_label": p / "label.nii",
@@ -90,29 +101,28 @@ def _scrub(msg: str, paths: list[str]) -> str:
     return msg
 
 
-def prepare_subject(cfg: dict[str, Any], code: str, subject: str, row: dict[str, Any], files: list[str],
-                    mask: str | None, nifti_dir: str | Path = "results/nifti",
-                    preproc_dir: str | Path = "results/preproc", force: bool = False) -> dict[str, Any]:
+def prepare_subject(config: Config, code: str, subject: str, row: dict[str, Any], files: list[str],
+                    mask: str | None, folders: Folders, force: bool = False) -> dict[str, Any]:
     """Convert, import the mask and preprocess one subject unless its stamp says it is up to date."""
     from .convert import convert_subject, mask_subject
     from .preprocess import run as preprocess
 
     t0 = time.time()
-    out = subject_files(subject, nifti_dir, preproc_dir, labelled=mask is not None)
+    out = subject_files(subject, folders, labelled=mask is not None)
     try:
         key = subject_key(code, row, files, mask)
     except OSError as exc:
         return {"status": "failed", "reason": _scrub(f"input not readable: {exc}", files + [mask or ""])}
-    stamp = Path(nifti_dir) / subject / STAMP
+    stamp = Path(folders.nifti) / subject / STAMP
     if not force and stamp.exists() and stamp.read_text() == key and all(os.path.exists(p) for p in out.values()):
         return {"status": "ok", "skipped": True, "seconds": 0.0, "files": out}
     stamp.unlink(missing_ok=True)
     try:
-        convert_subject(cfg, subject, row, files, out["image"], out["sidecar"])
+        convert_subject(config.source, config.convert.tool, subject, row, files, out["image"], out["sidecar"])
         if mask is not None:
-            mask_subject(cfg, subject, out["image"], mask, out["label"])
-            preprocess(cfg, subject, out["image"], out["label"], out["preproc_image"], out["preproc_label"],
-                       out["preproc_info"])
+            mask_subject(len(config.labels), subject, out["image"], mask, out["label"])
+            preprocess(config.preprocess, len(config.labels), subject, out["image"], out["label"], out["preproc_image"],
+                       out["preproc_label"], out["preproc_info"])
     except Exception as exc:  # one subject's failure is reported; the shard's others go on
         reason = _scrub(f"{type(exc).__name__}: {exc}", files + [mask or ""])
         log.error("%s: failed: %s", subject, reason)
@@ -129,15 +139,13 @@ def _worker(args: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
     return args[2], prepare_subject(*args)
 
 
-def run(cfg: dict[str, Any], shard: str, included_tsv: str | Path, series_files_json: str | Path,
-        masks_json: str | Path, manifest_out: str | Path | None, code: str, threads: int = 1,
-        nifti_dir: str | Path = "results/nifti", preproc_dir: str | Path = "results/preproc",
+def run(config: Config, shard: str, included_tsv: str | Path, series_files_json: str | Path,
+        masks_json: str | Path, manifest_out: str | Path | None, code: str, folders: Folders, threads: int = 1,
         only: list[str] | None = None, force: bool = False) -> dict[str, Any]:
-    """Prepare every subject of ``shard`` (or just ``only``); write the shard manifest if all succeeded.
-
-    ``manifest_out`` None: prepare without writing a manifest (``cohortseg prepare SUBJECT``)."""
+    """Prepare every subject of ``shard`` (or just ``only``) into ``folders``; write the shard manifest if
+    all succeeded. ``manifest_out`` None: prepare without writing a manifest (``cohortseg prepare SUBJECT``)."""
     inc = read_tsv(included_tsv)
-    prefix, digits = cfg["pseudonym"]["prefix"], cfg["prepare"]["shard_digits"]
+    prefix, digits = config.pseudonym.prefix, config.prepare.shard_digits
     inc = inc[[shard_of(s, prefix, digits) == shard for s in inc["subject"]]]
     if only:
         unknown = sorted(set(only) - set(inc["subject"]))
@@ -148,8 +156,8 @@ def run(cfg: dict[str, Any], shard: str, included_tsv: str | Path, series_files_
         raise ValueError(f"shard {shard!r} has no included subject in {included_tsv}")
     series_files = json.loads(Path(series_files_json).read_text())
     masks = json.loads(Path(masks_json).read_text())
-    jobs = [(cfg, code, r["subject"], r, series_files[r["series"]], masks.get(r["subject"]), nifti_dir, preproc_dir,
-             force) for r in inc.to_dict("records")]
+    jobs = [(config, code, r["subject"], r, series_files[r["series"]], masks.get(r["subject"]), folders, force)
+            for r in inc.to_dict("records")]
     t0 = time.time()
     results: dict[str, dict[str, Any]] = {}
     if threads > 1 and len(jobs) > 1:

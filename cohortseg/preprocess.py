@@ -20,14 +20,14 @@ import numpy as np
 import torch
 import torchio as tio
 
+from .settings import PreprocessSettings
 from .util import atomic_path, log, write_json
 from .window import PADDING, centred_padding, torchio_padding_mode
 
 
-def intensity_transform(cfg: dict[str, Any]) -> tio.Transform:
-    pp = cfg["preprocess"]
-    if pp["normalisation"] == "percentile":
-        return tio.RescaleIntensity(out_min_max=(0.0, 1.0), percentiles=tuple(pp["percentiles"]))
+def intensity_transform(pp: PreprocessSettings) -> tio.Transform:
+    if pp.normalisation == "percentile":
+        return tio.RescaleIntensity(out_min_max=(0.0, 1.0), percentiles=tuple(pp.percentiles))
     return tio.ZNormalization(masking_method=_nonzero)
 
 
@@ -35,21 +35,20 @@ def _nonzero(x: torch.Tensor) -> torch.Tensor:
     return x != 0
 
 
-def spatial_transforms(cfg: dict[str, Any]) -> list[tio.Transform]:
-    pp = cfg["preprocess"]
-    return [tio.ToCanonical(), tio.Resample(tuple(float(s) for s in pp["spacing"]))]
+def spatial_transforms(pp: PreprocessSettings) -> list[tio.Transform]:
+    return [tio.ToCanonical(), tio.Resample(tuple(pp.spacing))]
 
 
-def pad_to_size(shape: Any, cfg: dict[str, Any]) -> tio.Pad:
-    """Centred padding of a volume of ``shape`` up to ``preprocess.size`` where it is smaller (never a
-    crop), by the models' input rule: the same placement and constant as a sliding window's."""
-    pads = centred_padding(shape, [int(s) for s in cfg["preprocess"]["size"]])
+def pad_to_size(shape: Any, size: Any) -> tio.Pad:
+    """Centred padding of a volume of ``shape`` up to ``size`` (``preprocess.size``) where it is smaller
+    (never a crop), by the models' input rule: the same placement and constant as a sliding window's."""
+    pads = centred_padding(shape, [int(s) for s in size])
     return tio.Pad(tuple(v for pair in pads for v in pair), padding_mode=torchio_padding_mode(PADDING))
 
 
-def inference_transform(cfg: dict[str, Any]) -> tio.Compose:
-    """Preprocessing at inference: no crop/pad (sliding windows cover any size)."""
-    return tio.Compose([*spatial_transforms(cfg), intensity_transform(cfg)])
+def inference_transform(pp: PreprocessSettings) -> tio.Compose:
+    """Preprocessing at inference: no padding (sliding windows pad by the model's rule)."""
+    return tio.Compose([*spatial_transforms(pp), intensity_transform(pp)])
 
 
 def load_subject(image: str | Path, label: str | Path | None = None) -> tio.Subject:
@@ -82,23 +81,22 @@ def save_image(img: tio.Image, path: str | Path, dtype: Any) -> None:
         nib.save(nii, str(tmp))
 
 
-def run(cfg: dict[str, Any], subject: str, image: str | Path, label: str | Path, image_out: str | Path,
+def run(pp: PreprocessSettings, n_labels: int, subject: str, image: str | Path, label: str | Path, image_out: str | Path,
         label_out: str | Path, info_out: str | Path) -> dict[str, Any]:
     subj = load_subject(image, label)
     check_image(subj["image"], subject)
-    n_labels = len(cfg["labels"])
     before = {str(v): int((subj["label"].data == v).sum()) for v in range(1, n_labels + 1)}
     vox_before = float(np.prod(subj["label"].spacing))
-    spatial = tio.Compose([*spatial_transforms(cfg), intensity_transform(cfg)])(subj)
+    spatial = inference_transform(pp)(subj)
     resampled_shape = list(spatial["image"].shape[1:])
-    out = pad_to_size(resampled_shape, cfg)(spatial)
+    out = pad_to_size(resampled_shape, pp.size)(spatial)
     after = {str(v): int((out["label"].data == v).sum()) for v in range(1, n_labels + 1)}
     info = {
         "subject": subject,
         "input_shape": list(subj["image"].shape[1:]),
         "input_spacing": [float(s) for s in subj["image"].spacing],
         "resampled_shape": resampled_shape,
-        "padding": centred_padding(resampled_shape, [int(s) for s in cfg["preprocess"]["size"]]),
+        "padding": centred_padding(resampled_shape, list(pp.size)),
         "output_shape": list(out["image"].shape[1:]),
         "output_spacing": [float(s) for s in out["image"].spacing],
         "orientation": "".join(out["image"].orientation),

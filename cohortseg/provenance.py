@@ -14,42 +14,23 @@ import json
 import os
 import platform
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .util import write_json
+from .settings import StudyConfig
+from .util import package_versions, sha256_file, sha256_files, write_json
 
-PACKAGES = ("torch", "monai", "torchio", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom", "dicom2nifti",
-            "dcm2niix", "snakemake", "matplotlib")
+
+@dataclass(frozen=True)
+class Config(StudyConfig):
+    """Provenance records the whole configuration."""
+
 SKIP_OUTPUTS = {"provenance.json", "report.html"}
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_files(paths: list[str]) -> str:
-    """One digest over several files, in the given order (file boundaries included)."""
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()
-
-
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return package_versions()
 
 
 def git_state(root: str | Path) -> dict[str, Any]:
@@ -100,7 +81,7 @@ def output_checksums(results: str | Path) -> dict[str, str]:
     return out
 
 
-def build(cfg: dict[str, Any], sidecars: list[str], masks_json: str | Path, results: str | Path, out: str | Path,
+def build(config: Config, sidecars: list[str], masks_json: str | Path, results: str | Path, out: str | Path,
           workflow_root: str | Path = ".") -> dict[str, Any]:
     inputs = {}
     for sc in sorted(sidecars):
@@ -111,6 +92,7 @@ def build(cfg: dict[str, Any], sidecars: list[str], masks_json: str | Path, resu
     for subject, path in sorted(masks.items()):
         if subject in inputs:
             inputs[subject]["mask_sha256"] = sha256_file(path)
+    cfg = config.to_dict()
     cfg_json = json.dumps(cfg, sort_keys=True, default=str)
     manifest = {
         "cohortseg": __import__("cohortseg").__version__,

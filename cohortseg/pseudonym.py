@@ -7,6 +7,8 @@ without the key the ids cannot be linked back to a PatientID by hashing guesses.
 
 from __future__ import annotations
 
+from typing import Any
+
 import hashlib
 import hmac
 import os
@@ -67,6 +69,6 @@ def load_or_create_key(private_dir: str | os.PathLike[str]) -> bytes:
     return key
 
 
-def from_config(cfg: dict) -> Pseudonymiser:
-    key = load_or_create_key(cfg["private_dir"])
-    return Pseudonymiser(key, prefix=cfg["pseudonym"]["prefix"], length=cfg["pseudonym"]["length"])
+def from_settings(private_dir: str | os.PathLike[str], pseudonym: Any) -> Pseudonymiser:
+    """The study's pseudonymiser: its key in ``private_dir`` (created on first use), ``pseudonym`` settings."""
+    return Pseudonymiser(load_or_create_key(private_dir), prefix=pseudonym.prefix, length=pseudonym.length)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from .settings import StageConfig
 from .util import atomic_path, read_tsv
+
+
+@dataclass(frozen=True)
+class Config(StageConfig):
+    """The figures read no config section (which subjects get an overlay is the workflow's choice)."""
 
 
 def _plt():  # type: ignore[no-untyped-def]

@@ -37,13 +37,35 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .settings import StudyConfig
 from .util import write_text, write_tsv
+
+
+@dataclass(frozen=True)
+class Config(StudyConfig):
+    """The audit replays the whole configuration in every execution."""
+
+
+@dataclass(frozen=True)
+class Outputs:
+    stages: str
+    files: str
+    variability: str
+    dashboard: str
+    summary: str
+
+    @classmethod
+    def default(cls, folder: str | Path) -> Outputs:
+        d = Path(folder)
+        return cls(*(str(d / n) for n in ("stages.tsv", "files.tsv", "metrics_variability.tsv", "dashboard.png",
+                                          "summary.txt")))
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
@@ -74,24 +96,24 @@ class ReproError(ValueError):
     """The audit was asked for something it cannot do."""
 
 
-def plan(cfg: dict[str, Any]) -> list[tuple[str, int]]:
+def plan(config: Config) -> list[tuple[str, int]]:
     """The executions: (name, threads)."""
-    r = cfg["repro"]
-    unknown = [s for s in r["stages"] if s not in STAGES]
+    r = config.repro
+    unknown = [s for s in r.stages if s not in STAGES]
     if unknown:
         raise ReproError(f"repro.stages: unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}")
-    if r["runs"] < 2:
-        raise ReproError(f"repro.runs must be >= 2 to compare executions, got {r['runs']}")
-    threads = list(r["threads"])
-    execs = [(f"exec{i + 1}-t{threads[0]}", threads[0]) for i in range(r["runs"])]
-    execs += [(f"exec{r['runs'] + j + 1}-t{t}", t) for j, t in enumerate(threads[1:])]
+    if r.runs < 2:
+        raise ReproError(f"repro.runs must be >= 2 to compare executions, got {r.runs}")
+    threads = list(r.threads)
+    execs = [(f"exec{i + 1}-t{threads[0]}", threads[0]) for i in range(r.runs)]
+    execs += [(f"exec{r.runs + j + 1}-t{t}", t) for j, t in enumerate(threads[1:])]
     return execs
 
 
-def stage_range(cfg: dict[str, Any]) -> list[str]:
+def stage_range(config: Config) -> list[str]:
     """Every stage from the first chosen to the last chosen one (downstream stages are re-executed too)."""
     order = list(STAGES)
-    idx = sorted(order.index(s) for s in cfg["repro"]["stages"])
+    idx = sorted(order.index(s) for s in config.repro.stages)
     return order[idx[0]: idx[-1] + 1]
 
 
@@ -271,9 +293,8 @@ def icc_3_1(data: np.ndarray) -> float:
 
 
 def metric_variability(trees: list[Path], threshold: float) -> pd.DataFrame:
-    """Per model, label and metric: inter-execution SD, inter-subject SD, their ratio, ICC(3,1), alert."""
-    from .metrics import METRICS
-
+    """Per model, label and metric: inter-execution SD, inter-subject SD, their ratio, ICC(3,1), alert.
+    The metrics are the numeric columns of ``cases.tsv`` (the metrics stage's table)."""
     tables = []
     for i, t in enumerate(trees):
         p = t / "results" / "metrics" / "cases.tsv"
@@ -282,9 +303,11 @@ def metric_variability(trees: list[Path], threshold: float) -> pd.DataFrame:
     if len(tables) < 2:
         return pd.DataFrame()
     cases = pd.concat(tables, ignore_index=True)
+    metrics = [c for c in cases.columns if c not in ("model", "subject", "label", "status", "execution")
+               and pd.api.types.is_numeric_dtype(cases[c])]
     rows = []
     for (model, label), g in cases.groupby(["model", "label"], sort=True):
-        for m in [m for m in METRICS if m in g]:
+        for m in metrics:
             wide = g.pivot_table(index="subject", columns="execution", values=m, aggfunc="first").dropna()
             if len(wide) < 2 or wide.shape[1] < 2:
                 continue
@@ -382,29 +405,29 @@ def dashboard(stages: pd.DataFrame, variability: pd.DataFrame, threshold: float,
     plt.close(fig)
 
 
-def run(cfg: dict[str, Any], main: str | Path, out_dir: str | Path, snakefile: Path = REPO / "Snakefile",
+def run(config: Config, main: str | Path, out: Outputs, snakefile: Path = REPO / "Snakefile",
         cores: int = 1) -> pd.DataFrame:
     """The whole audit: executions, comparison, tables, dashboard; returns the per-stage table. ``cores``:
     what each execution may use for independent jobs side by side (never changes a job's threads)."""
-    r = cfg["repro"]
+    r, cfg = config.repro, config.to_dict()
     main = Path(main).resolve()
-    execs = plan(cfg)
-    trees_dir = (main / r["dir"]).resolve()
+    execs = plan(config)
+    trees_dir = (main / r.dir).resolve()
     existing = [trees_dir / n for n, _ in execs if (trees_dir / n).exists()]
     if existing:
         raise ReproError(f"audit output tree(s) already exist: {', '.join(map(str, existing))}; remove them "
                          f"(rm -r {trees_dir}) or set repro.dir")
     results = (main / "results").resolve()
     if trees_dir == results or results in trees_dir.parents or trees_dir in results.parents or trees_dir == main:
-        raise ReproError(f"repro.dir {r['dir']!r} must be a folder of its own, not results/ or the workflow folder")
+        raise ReproError(f"repro.dir {r.dir!r} must be a folder of its own, not results/ or the workflow folder")
     threads = [th for _, th in execs]
-    if r["mode"] == "chain":
-        stages = stage_range(cfg)
+    if r.mode == "chain":
+        stages = stage_range(config)
         trees = [execute(cfg, name, th, main, trees_dir, stages, snakefile, cores) for name, th in execs]
         stage_table, files = compare(trees, threads, stages)
         metric_trees = trees
     else:
-        stages = [s for s in STAGES if s in r["stages"]]
+        stages = [s for s in STAGES if s in r.stages]
         tables, file_tables, metric_trees = [], [], []
         for stage in stages:
             trees = [execute(cfg, f"{name}/{stage}", th, main, trees_dir, [stage], snakefile, cores)
@@ -415,21 +438,20 @@ def run(cfg: dict[str, Any], main: str | Path, out_dir: str | Path, snakefile: P
             if stage == "metrics":
                 metric_trees = trees
         stage_table, files = pd.concat(tables, ignore_index=True), pd.concat(file_tables, ignore_index=True)
-    variability = metric_variability(metric_trees, r["alert_ratio"]) if metric_trees else pd.DataFrame()
-    out = Path(out_dir)
-    write_tsv(out / "stages.tsv", stage_table)
-    write_tsv(out / "files.tsv", files)
-    write_tsv(out / "metrics_variability.tsv", variability)
-    dashboard(stage_table, variability, r["alert_ratio"], out / "dashboard.png")
+    variability = metric_variability(metric_trees, r.alert_ratio) if metric_trees else pd.DataFrame()
+    write_tsv(out.stages, stage_table)
+    write_tsv(out.files, files)
+    write_tsv(out.variability, variability)
+    dashboard(stage_table, variability, r.alert_ratio, out.dashboard)
     alerts = variability[variability["alert"]] if len(variability) else variability
-    lines = [f"reproducibility audit ({r['mode']}): {len(execs)} executions ({', '.join(n for n, _ in execs)}) of "
+    lines = [f"reproducibility audit ({r.mode}): {len(execs)} executions ({', '.join(n for n, _ in execs)}) of "
              f"stages {', '.join(stages)}", stage_table.to_string(index=False)]
     if len(alerts):
-        lines.append(f"ALERT: {len(alerts)} metric(s) vary between executions more than {r['alert_ratio']:g} x "
+        lines.append(f"ALERT: {len(alerts)} metric(s) vary between executions more than {r.alert_ratio:g} x "
                      f"between subjects:\n" + alerts.to_string(index=False))
     elif len(variability):
-        lines.append(f"no alert: every metric's inter-execution SD is <= {r['alert_ratio']:g} x its inter-subject SD")
-    write_text(out / "summary.txt", "\n".join(lines) + "\n")
+        lines.append(f"no alert: every metric's inter-execution SD is <= {r.alert_ratio:g} x its inter-subject SD")
+    write_text(out.summary, "\n".join(lines) + "\n")
     for line in lines:
         (log.warning if line.startswith("ALERT") else log.info)("%s", line)
     return stage_table

@@ -26,12 +26,20 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .settings import SelectSettings, StageConfig
 from .util import log, read_tsv, write_text, write_tsv
+
+
+@dataclass(frozen=True)
+class Config(StageConfig):
+    source: str
+    select: SelectSettings
 
 Condition = Mapping[str, Any]
 REASON_TEXT = {
@@ -155,26 +163,27 @@ def check_rules(rules: list[Mapping[str, Any]], columns: list[str]) -> None:
 UNEVEN_RULE = {"reason": "uneven_spacing", "reject_if": {"field": "slice_gaps_uneven", "equals": True}}
 
 
-def effective_rules(sel: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """select.rules with select.override applied and the geometry rules the config asks for.
+def effective_rules(sel: SelectSettings | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """select.rules with select.override applied and the geometry rules the config asks for (``sel``:
+    the typed section, or the validated ``select`` dict).
 
     The gantry_tilt / uneven_spacing rules, when ``reject``, go just after ``missing_slices`` (or
     at the end), so a series that is also of the wrong modality, a localizer or missing a slice
     keeps that reason."""
-    rules = [dict(r) for r in sel["rules"]]
+    if not isinstance(sel, SelectSettings):
+        sel = SelectSettings.from_dict(sel)
+    rules = [dict(r) for r in sel.rules]
     names = [r["reason"] for r in rules]
-    for reason, cond in (sel.get("override") or {}).items():
+    override = sel.override or {}
+    for reason in override:
         if reason not in names:
             raise RuleError(f"select.override names {reason!r}, which is not a rule in select.rules ({', '.join(names)})")
-    rules = [
-        {"reason": r["reason"], "reject_if": (sel.get("override") or {}).get(r["reason"], r["reject_if"])}
-        for r in rules
-    ]
+    rules = [{"reason": r["reason"], "reject_if": override.get(r["reason"], r["reject_if"])} for r in rules]
     rules = [r for r in rules if r["reject_if"] is not None]
     extra = []
-    if sel.get("gantry_tilt", "correct") == "reject":
-        extra.append({"reason": "gantry_tilt", "reject_if": {"field": "gantry_tilt_deg", "min": float(sel.get("tilt_tolerance_deg", 0.5))}})
-    if sel.get("uneven_spacing", "correct") == "reject":
+    if sel.gantry_tilt == "reject":
+        extra.append({"reason": "gantry_tilt", "reject_if": {"field": "gantry_tilt_deg", "min": sel.tilt_tolerance_deg}})
+    if sel.uneven_spacing == "reject":
         extra.append(dict(UNEVEN_RULE))
     names = [r["reason"] for r in rules]
     at = names.index("missing_slices") + 1 if "missing_slices" in names else len(rules)
@@ -308,22 +317,22 @@ def load_hook(spec: str | None) -> Callable[[pd.DataFrame], pd.DataFrame] | None
     return getattr(mod, func or "select_hook")
 
 
-def run(cfg: dict[str, Any], series_tsv: str | Path, subjects_tsv: str | Path, included_tsv: str | Path,
+def run(config: Config, series_tsv: str | Path, subjects_tsv: str | Path, included_tsv: str | Path,
         excluded_tsv: str | Path, summary_tsv: str | Path, summary_txt: str | Path) -> pd.DataFrame:
     series = read_tsv(series_tsv)
     subjects = read_tsv(subjects_tsv)
     with_mask = set(subjects.loc[subjects["has_mask"].astype(str).str.lower() == "true", "subject"])
-    if cfg["source"] == "nifti":
+    if config.source == "nifti":
         # a NIfTI cohort: one image per case, left out only for the reason its index check gave
         from .nifti_cohort import REASONS, select as select_nifti
 
         included, excluded = select_nifti(series)
         table, text = summarise(series, included, excluded, list(REASONS))
     else:
-        hook = load_hook(cfg["select"]["hook"])
-        rules = effective_rules(cfg["select"])
-        included, excluded = select(series, rules, cfg["select"]["tie_break"], with_mask, hook,
-                                    cfg["select"]["tilt_tolerance_deg"])
+        sel = config.select
+        hook = load_hook(sel.hook)
+        rules = effective_rules(sel)
+        included, excluded = select(series, rules, list(sel.tie_break), with_mask, hook, sel.tilt_tolerance_deg)
         table, text = summarise(series, included, excluded, [r["reason"] for r in rules])
     if included.empty:
         write_tsv(excluded_tsv, excluded)

@@ -10,12 +10,20 @@ or is scored on them.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .settings import SplitSettings, StageConfig
 from .util import log, read_tsv, write_json
+
+
+@dataclass(frozen=True)
+class Config(StageConfig):
+    split: SplitSettings
+    seed: int
 
 
 def make_split(subjects: list[str], folds: int, test_fraction: float, seed: int) -> dict[str, Any]:
@@ -47,18 +55,18 @@ def check_split(split: dict[str, Any], labelled: list[str], folds: int) -> None:
             raise ValueError(f"split file fold {k} overlaps between train/val/test")
 
 
-def run(cfg: dict[str, Any], included_tsv: str | Path, out: str | Path) -> dict[str, Any]:
+def run(config: Config, included_tsv: str | Path, out: str | Path) -> dict[str, Any]:
     inc = read_tsv(included_tsv)
     mask = inc["has_mask"].astype(str).str.lower() == "true"
     labelled = sorted(inc.loc[mask, "subject"])
     unlabelled = sorted(inc.loc[~mask, "subject"])
-    sc = cfg["split"]
-    if sc["file"]:
-        split = json.loads(Path(sc["file"]).read_text())
-        check_split(split, labelled, sc["folds"])
-        log.info("reusing split %s", sc["file"])
+    sc = config.split
+    if sc.file:
+        split = json.loads(Path(sc.file).read_text())
+        check_split(split, labelled, sc.folds)
+        log.info("reusing split %s", sc.file)
     else:
-        split = make_split(labelled, sc["folds"], sc["test_fraction"], int(cfg["seed"]))
+        split = make_split(labelled, sc.folds, sc.test_fraction, config.seed)
     split["unlabelled"] = unlabelled
     write_json(out, split)
     log.info("split: %d test, %d folds of %s validation subjects, %d unlabelled", len(split["test"]), len(split["folds"]),

@@ -17,16 +17,24 @@ history, best state and every RNG state) is written next to, not among, the rule
 keyed by a fingerprint of config, code and split. A rerun resumes from it; SIGUSR1/SIGTERM (sent
 by SLURM before the time limit) stops at the next batch boundary with the last checkpoint on
 disk, and the job's retry resumes. A checkpoint whose fingerprint differs is ignored.
+
+The training loop is a sequence of named steps, in the spirit of nnU-Net's trainer
+(:class:`FoldTrainer`): ``set_up`` (threads, seed, device, network, precision, optimiser, schedule),
+``build_loaders``, ``restore`` (checkpoint), then per epoch ``train_epoch``, ``validate``, ``end_epoch``
+(schedule, best epoch, log) and ``save_checkpoint``, and ``finish`` (the fold's outputs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
 import random
 import signal
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +47,38 @@ from torchio.transforms.augmentation import RandomTransform
 from . import __version__
 from .model import build_loss, build_model, discretise, probabilities, save_model, target
 from .patches import EpochSampler, PatchDataset, patch_loader
-from .util import atomic_path, log, save_torch, seed_everything, write_json, write_tsv
+from .settings import PreprocessSettings, StageConfig, TrainSettings
+from .util import (atomic_path, log, package_versions, resolve_device, save_torch, seed_everything, set_threads,
+                   write_json, write_tsv)
 from .window import PADDING, sliding_window, torchio_padding_mode
+
+
+@dataclass(frozen=True)
+class Config(StageConfig):
+    train: TrainSettings
+    preprocess: PreprocessSettings
+    labels: tuple[str, ...]
+    seed: int
+    deterministic: bool
+
+
+@dataclass(frozen=True)
+class FoldPaths:
+    """A fold's input (the preprocessed subjects' folder) and what it writes; the checkpoint lives beside,
+    not among, the rule's outputs (a retry must find it)."""
+
+    preproc: str
+    model: str
+    history: str
+    curves: str
+    info: str
+    checkpoint: str
+
+    @classmethod
+    def default(cls, preproc: str | Path, models: str | Path, checkpoints: str | Path, fold: int) -> FoldPaths:
+        d = Path(models) / f"fold{fold}"
+        return cls(str(preproc), str(d / "model.pt"), str(d / "history.tsv"), str(d / "curves.png"),
+                   str(d / "train.json"), str(Path(checkpoints) / f"fold{fold}.pt"))
 
 
 class Preempted(SystemExit):
@@ -89,24 +127,23 @@ class RandomWindow(RandomTransform, tio.SpatialTransform):
         return tio.Crop(tuple(bounds))(subject)
 
 
-def augmentation(cfg: dict[str, Any]) -> tio.Compose:
-    a = cfg["train"]["augment"]
-    p = float(cfg["train"]["augment_probability"])
+def augmentation(tc: TrainSettings) -> tio.Compose:
+    a, p = tc.augment, tc.augment_probability
     ts: list[tio.Transform] = []
-    if a["rotation"] or a["scaling"]:
+    if a.rotation or a.scaling:
         # out-of-field voxels filled like every other border the network sees (cohortseg.window)
-        ts.append(tio.RandomAffine(scales=a["scaling"], degrees=a["rotation"], p=p,
+        ts.append(tio.RandomAffine(scales=a.scaling, degrees=a.rotation, p=p,
                                    default_pad_value=torchio_padding_mode(PADDING)))
-    if a["elastic"]:
+    if a.elastic:
         ts.append(tio.RandomElasticDeformation(num_control_points=7, max_displacement=3.0, p=p))
-    if a["flip"]:
+    if a.flip:
         ts.append(tio.RandomFlip(axes=("LR",), flip_probability=0.5))
-    if a["gamma"]:
-        ts.append(tio.RandomGamma(log_gamma=a["gamma"], p=p))
-    if a["contrast"]:
-        ts.append(RandomContrast(a["contrast"], p=p))
-    if a["noise"]:
-        ts.append(tio.RandomNoise(std=(0, a["noise"]), p=p))
+    if a.gamma:
+        ts.append(tio.RandomGamma(log_gamma=a.gamma, p=p))
+    if a.contrast:
+        ts.append(RandomContrast(a.contrast, p=p))
+    if a.noise:
+        ts.append(tio.RandomNoise(std=(0, a.noise), p=p))
     return tio.Compose(ts)
 
 
@@ -142,10 +179,9 @@ def dice_per_label(pred: torch.Tensor, ref: torch.Tensor, n_labels: int) -> list
     return out
 
 
-def fingerprint(cfg: dict[str, Any], fold: int, split: dict[str, Any], code: str) -> str:
-    blob = json.dumps({"preprocess": cfg["preprocess"], "train": cfg["train"], "labels": cfg["labels"], "seed": cfg["seed"],
-                       "deterministic": cfg["deterministic"], "fold": fold, "split": split["folds"][fold], "code": code},
-                      sort_keys=True)
+def fingerprint(config: Config, fold: int, split: dict[str, Any], code: str) -> str:
+    """What a checkpoint must have been made with to be resumed: config, fold, its split, code."""
+    blob = json.dumps({**config.to_dict(), "fold": fold, "split": split["folds"][fold], "code": code}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -185,14 +221,6 @@ def _precision(name: str, device: torch.device) -> tuple[torch.dtype | None, Any
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
 def plot_curves(history: pd.DataFrame, labels: list[str], path: str | Path, fold: int) -> None:
     import matplotlib
 
@@ -215,202 +243,272 @@ def plot_curves(history: pd.DataFrame, labels: list[str], path: str | Path, fold
     plt.close(fig)
 
 
-def train_fold(
-    cfg: dict[str, Any], fold: int, splits: dict[str, Any], preproc_dir: str | Path, model_out: str | Path,
-    history_out: str | Path, curves_out: str | Path, info_out: str | Path, checkpoint: str | Path, code: str = "",
-    threads: int = 1,
-) -> dict[str, Any]:
-    from tqdm import tqdm
+def train_fold(config: Config, fold: int, splits: dict[str, Any], paths: FoldPaths, code: str = "",
+               threads: int = 1) -> dict[str, Any]:
+    """Train one fold (see :class:`FoldTrainer`); returns what ``train.json`` records."""
+    return FoldTrainer(config, fold, splits, paths, code, threads).run()
 
-    from .util import set_threads
 
-    t_start = time.time()
-    tc = cfg["train"]
-    labels = cfg["labels"]
-    n_labels = len(labels)
-    set_threads(threads)
-    seed = int(cfg["seed"]) + fold
-    seed_everything(seed, cfg["deterministic"])
-    device = _resolve_device(tc["device"])
-    fold_split = splits["folds"][fold]
-    if not fold_split["train"] or not fold_split["val"]:
-        raise ValueError(f"fold {fold} has an empty training or validation set: {fold_split}")
-    pc = tc["patch"]
-    patch_mode = pc["size"] is not None
-    volume_size = [int(s) for s in cfg["preprocess"]["size"]]
-    # the network's window: the patch in patch mode, the whole preprocessed volume otherwise
-    size = [int(s) for s in pc["size"]] if patch_mode else volume_size
-    val_cases = load_cases(preproc_dir, fold_split["val"])
+@dataclass
+class Progress:
+    """What a checkpoint carries besides the weights: where training is and its best epoch so far."""
 
-    model = build_model(tc, n_labels, size).to(device)
-    if tc["channels_last"]:
-        model = model.to(memory_format=torch.channels_last_3d)
-    dtype, scaler = _precision(tc["precision"], device)
+    start_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    wait: int = 0
+    resumed_from: int | None = None
 
-    def autocast() -> torch.autocast:  # the training step's and validation's precision (a no-op for fp32)
-        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
-    step_model: Any = torch.compile(model) if tc["compile"] else model
-    loss_fn = build_loss(float(tc["loss_alpha"]), n_labels)
-    opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]), weight_decay=float(tc["weight_decay"]))
-    epochs = int(tc["epochs"])
-    if tc["lr_schedule"] == "cosine":
-        sched: Any = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    elif tc["lr_schedule"] == "plateau":
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(1, tc["patience"] // 3))
-    else:
-        sched = None
-    loader_gen = torch.Generator().manual_seed(seed)
-    sampler: EpochSampler | None = None
-    if patch_mode:
-        pre = Path(preproc_dir)
-        pdata = PatchDataset([(s, pre / s / "image.nii", pre / s / "label.nii") for s in fold_split["train"]], size,
-                             n_labels, seed, int(pc["samples_per_volume"]), float(pc["foreground_fraction"]),
-                             augmentation(cfg))
-        sampler = EpochSampler(pdata.per_epoch, seed)
-        loader: Any = patch_loader(pdata, sampler, int(tc["batch_size"]), int(tc["workers"]), int(tc["prefetch"]),
-                                   pin_memory=device.type == "cuda")
-    else:
-        train_cases = load_cases(preproc_dir, fold_split["train"])
-        dataset = tio.SubjectsDataset(train_cases, transform=tio.Compose([RandomWindow(size), augmentation(cfg)]))
-        loader = tio.SubjectsLoader(dataset, batch_size=int(tc["batch_size"]), shuffle=True, num_workers=0,
-                                    generator=loader_gen, drop_last=len(train_cases) > int(tc["batch_size"]))
+class FoldTrainer:
+    """One cross-validation fold, as named steps: :meth:`run` calls them in order."""
 
-    fp = fingerprint(cfg, fold, splits, code)
-    ckpt_path = Path(checkpoint)
-    start_epoch, history, best_dice, best_epoch, best_state, wait = 0, [], -1.0, -1, None, 0
-    resumed_from = None
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ck.get("fingerprint") == fp:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            if sched is not None and ck.get("scheduler") is not None:
-                sched.load_state_dict(ck["scheduler"])
-            if scaler is not None and ck.get("scaler") is not None:
-                scaler.load_state_dict(ck["scaler"])
-            start_epoch, history = int(ck["epoch"]) + 1, list(ck["history"])
-            best_dice, best_epoch, wait = float(ck["best_dice"]), int(ck["best_epoch"]), int(ck["wait"])
-            best_state = ck["best_state"]
-            _set_rng_state(ck["rng"], loader_gen)
-            resumed_from = int(ck["epoch"])
-            log.info("fold %d: resuming after epoch %d from %s", fold, resumed_from, ckpt_path)
+    def __init__(self, config: Config, fold: int, splits: dict[str, Any], paths: FoldPaths, code: str = "",
+                 threads: int = 1) -> None:
+        self.config, self.tc, self.fold, self.paths = config, config.train, fold, paths
+        self.splits, self.split, self.code, self.threads = splits, splits["folds"][fold], code, threads
+        self.labels, self.n_labels = list(config.labels), len(config.labels)
+        self.seed = config.seed + fold
+        self.volume_size = [int(s) for s in config.preprocess.size]
+        # the network's window: the patch in patch mode, the preprocessed size otherwise
+        self.window = [int(s) for s in self.tc.patch.size] if self.tc.patch_mode else self.volume_size
+        self.progress = Progress()
+        self.stop_signal: list[int] = []
+
+    def run(self) -> dict[str, Any]:
+        t_start = time.time()
+        self.set_up()
+        self.build_loaders()
+        self.restore()
+        with self.stopped_by_signals():
+            for epoch in self.epochs():
+                if self.should_stop_early(epoch):
+                    break
+                losses = self.train_epoch(epoch)
+                val_loss, per_label = self.validate()
+                self.end_epoch(epoch, losses, val_loss, per_label)
+                self.save_checkpoint(epoch)
+        return self.finish(time.time() - t_start)
+
+    # -- set-up --------------------------------------------------------------------------------------
+    def set_up(self) -> None:
+        """Threads, seed, device, validation data, network, precision, loss, optimiser, schedule."""
+        set_threads(self.threads)
+        seed_everything(self.seed, self.config.deterministic)
+        self.device = resolve_device(self.tc.device)
+        if not self.split["train"] or not self.split["val"]:
+            raise ValueError(f"fold {self.fold} has an empty training or validation set: {self.split}")
+        self.val_cases = load_cases(self.paths.preproc, self.split["val"])
+        self.model = build_model(self.tc, self.n_labels, self.window).to(self.device)
+        if self.tc.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.dtype, self.scaler = _precision(self.tc.precision, self.device)
+        self.step_model: Any = torch.compile(self.model) if self.tc.compile else self.model
+        self.loss_fn = build_loss(self.tc.loss_alpha, self.n_labels)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        self.sched = _schedule(self.tc, self.opt)
+
+    def autocast(self) -> torch.autocast:
+        """The training step's and validation's precision (a no-op for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def build_loaders(self) -> None:
+        """Patch loader (label-aware patches, worker processes) or whole-volume loader (in memory)."""
+        tc = self.tc
+        self.loader_gen = torch.Generator().manual_seed(self.seed)
+        self.sampler: EpochSampler | None = None
+        pre = Path(self.paths.preproc)
+        if tc.patch_mode:
+            pdata = PatchDataset([(s, pre / s / "image.nii", pre / s / "label.nii") for s in self.split["train"]],
+                                 self.window, self.n_labels, self.seed, tc.patch.samples_per_volume,
+                                 tc.patch.foreground_fraction, augmentation(tc))
+            self.sampler = EpochSampler(pdata.per_epoch, self.seed)
+            self.loader: Any = patch_loader(pdata, self.sampler, tc.batch_size, tc.workers, tc.prefetch,
+                                            pin_memory=self.device.type == "cuda")
+            return
+        cases = load_cases(pre, self.split["train"])
+        dataset = tio.SubjectsDataset(cases, transform=tio.Compose([RandomWindow(self.window), augmentation(tc)]))
+        self.loader = tio.SubjectsLoader(dataset, batch_size=tc.batch_size, shuffle=True, num_workers=0,
+                                         generator=self.loader_gen, drop_last=len(cases) > tc.batch_size)
+
+    def restore(self) -> None:
+        """Resume from the fold's checkpoint when it was made with the same config, code and split."""
+        self.fingerprint = fingerprint(self.config, self.fold, self.splits, self.code)
+        path = Path(self.paths.checkpoint)
+        if not path.exists():
+            return
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if ck.get("fingerprint") != self.fingerprint:
+            log.warning("fold %d: ignoring checkpoint %s made with another config/code/split", self.fold, path)
+            return
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.sched is not None and ck.get("scheduler") is not None:
+            self.sched.load_state_dict(ck["scheduler"])
+        if self.scaler is not None and ck.get("scaler") is not None:
+            self.scaler.load_state_dict(ck["scaler"])
+        self.progress = Progress(int(ck["epoch"]) + 1, list(ck["history"]), float(ck["best_dice"]), int(ck["best_epoch"]),
+                                 ck["best_state"], int(ck["wait"]), int(ck["epoch"]))
+        _set_rng_state(ck["rng"], self.loader_gen)
+        log.info("fold %d: resuming after epoch %d from %s", self.fold, ck["epoch"], path)
+
+    @contextlib.contextmanager
+    def stopped_by_signals(self) -> Iterator[None]:
+        """SIGUSR1/SIGTERM (SLURM before the time limit) stop training at the next batch boundary."""
+        def on_signal(signum: int, frame: Any) -> None:
+            self.stop_signal.append(signum)
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGUSR1, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # -- one epoch -----------------------------------------------------------------------------------
+    def epochs(self) -> Iterator[int]:
+        from tqdm import tqdm
+
+        epochs = self.tc.epochs
+        self.bar = tqdm(range(self.progress.start_epoch, epochs), desc=f"fold {self.fold}", unit="epoch",
+                        initial=self.progress.start_epoch, total=epochs, mininterval=1)
+        yield from self.bar
+
+    def should_stop_early(self, epoch: int) -> bool:
+        pr, tc = self.progress, self.tc
+        if pr.best_epoch >= 0 and pr.wait >= tc.patience and epoch >= tc.min_epochs:
+            log.info("fold %d: early stop at epoch %d (best %.4f at epoch %d)", self.fold, epoch, pr.best_dice,
+                     pr.best_epoch)
+            return True
+        return False
+
+    def train_epoch(self, epoch: int) -> list[float]:
+        """One pass over the training loader; the losses of its batches."""
+        self.epoch_start = time.time()
+        self.model.train()
+        losses = []
+        if self.sampler is not None:
+            self.sampler.epoch = epoch
+        for batch in self.loader:
+            if self.stop_signal:
+                raise Preempted(self.stop_signal[0])
+            losses.append(self.train_step(batch))
+        return losses
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        x, y = (batch["image"], batch["label"]) if self.tc.patch_mode else (batch["image"][tio.DATA],
+                                                                             batch["label"][tio.DATA])
+        x = x.float().to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if self.tc.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.step_model(x)
+        loss = self.loss_fn(logits.float(), target(y, self.n_labels))
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
         else:
-            log.warning("fold %d: ignoring checkpoint %s made with another config/code/split", fold, ckpt_path)
+            loss.backward()
+            self.opt.step()
+        return float(loss.detach())
 
-    stop_signal: list[int] = []
+    def validate(self) -> tuple[float, np.ndarray]:
+        """Validation loss and per-label Dice over the fold's validation subjects (whole volumes, windows
+        slid and padded as inference does)."""
+        self.model.eval()
+        vl, vd = [], []
+        with torch.no_grad():
+            for case in self.val_cases:
+                x = case["image"][tio.DATA][None].float().to(self.device)
+                y = case["label"][tio.DATA][None].to(self.device)
+                with self.autocast():
+                    both = sliding_window(logits_and_probabilities(self.model, self.n_labels), x, self.window, PADDING,
+                                          overlap=0.25, mode="gaussian").float()
+                logits, probs = both.split(both.shape[1] // 2, dim=1)
+                vl.append(float(self.loss_fn(logits, target(y, self.n_labels))))
+                pred = discretise(probs, self.n_labels)
+                vd.append(dice_per_label(pred.cpu(), y.cpu(), self.n_labels))
+        return float(np.mean(vl)), np.mean(np.array(vd), axis=0)
 
-    def _on_signal(signum: int, frame: Any) -> None:
-        stop_signal.append(signum)
+    def end_epoch(self, epoch: int, losses: list[float], val_loss: float, per_label: np.ndarray) -> None:
+        """Step the schedule, record the epoch, keep the best weights, log."""
+        pr = self.progress
+        mean_dice = float(per_label.mean())
+        lr = self.opt.param_groups[0]["lr"]
+        if isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.sched.step(mean_dice)
+        elif self.sched is not None:
+            self.sched.step()
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "val_dice": mean_dice,
+               "lr": lr, "seconds": time.time() - self.epoch_start}
+        row.update({f"val_dice_{n}": float(d) for n, d in zip(self.labels, per_label)})
+        pr.history.append(row)
+        if mean_dice > pr.best_dice:
+            pr.best_dice, pr.best_epoch, pr.wait = mean_dice, epoch, 0
+            pr.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        else:
+            pr.wait += 1
+        self.bar.set_postfix(loss=f"{row['train_loss']:.3f}", dice=f"{mean_dice:.3f}", best=f"{pr.best_dice:.3f}")
+        log.info("fold %d epoch %d: loss %.4f val_loss %.4f val_dice %.4f (best %.4f @ %d) %.1fs", self.fold, epoch,
+                 row["train_loss"], row["val_loss"], mean_dice, pr.best_dice, pr.best_epoch, row["seconds"])
 
-    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGUSR1, signal.SIGTERM)}
-    try:
-        bar = tqdm(range(start_epoch, epochs), desc=f"fold {fold}", unit="epoch", initial=start_epoch, total=epochs,
-                   mininterval=1)
-        for epoch in bar:
-            if best_epoch >= 0 and wait >= int(tc["patience"]) and epoch >= int(tc["min_epochs"]):
-                log.info("fold %d: early stop at epoch %d (best %.4f at epoch %d)", fold, epoch, best_dice, best_epoch)
-                break
-            t0 = time.time()
-            model.train()
-            losses = []
-            if sampler is not None:
-                sampler.epoch = epoch
-            for batch in loader:
-                if stop_signal:
-                    raise Preempted(stop_signal[0])
-                x, y = (batch["image"], batch["label"]) if patch_mode else (batch["image"][tio.DATA], batch["label"][tio.DATA])
-                x = x.float().to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                if tc["channels_last"]:
-                    x = x.contiguous(memory_format=torch.channels_last_3d)
-                opt.zero_grad(set_to_none=True)
-                with autocast():
-                    logits = step_model(x)
-                loss = loss_fn(logits.float(), target(y, n_labels))
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                losses.append(float(loss.detach()))
-            model.eval()
-            vl, vd = [], []
-            with torch.no_grad():
-                for case in val_cases:
-                    x = case["image"][tio.DATA][None].float().to(device)
-                    y = case["label"][tio.DATA][None].to(device)
-                    with autocast():
-                        both = sliding_window(logits_and_probabilities(model, n_labels), x, size, PADDING,
-                                              overlap=0.25, mode="gaussian").float()
-                    logits, probs = both.split(both.shape[1] // 2, dim=1)
-                    vl.append(float(loss_fn(logits, target(y, n_labels))))
-                    pred = discretise(probs, n_labels)
-                    vd.append(dice_per_label(pred.cpu(), y.cpu(), n_labels))
-            per_label = np.mean(np.array(vd), axis=0)
-            mean_dice = float(per_label.mean())
-            lr = opt.param_groups[0]["lr"]
-            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                sched.step(mean_dice)
-            elif sched is not None:
-                sched.step()
-            row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": float(np.mean(vl)),
-                   "val_dice": mean_dice, "lr": lr, "seconds": time.time() - t0}
-            row.update({f"val_dice_{n}": float(d) for n, d in zip(labels, per_label)})
-            history.append(row)
-            if mean_dice > best_dice:
-                best_dice, best_epoch, wait = mean_dice, epoch, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            else:
-                wait += 1
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", dice=f"{mean_dice:.3f}", best=f"{best_dice:.3f}")
-            log.info("fold %d epoch %d: loss %.4f val_loss %.4f val_dice %.4f (best %.4f @ %d) %.1fs", fold, epoch,
-                     row["train_loss"], row["val_loss"], mean_dice, best_dice, best_epoch, row["seconds"])
-            ck = {"fingerprint": fp, "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                  "scheduler": sched.state_dict() if sched is not None else None,
-                  "scaler": scaler.state_dict() if scaler is not None else None, "history": history,
-                  "best_dice": best_dice, "best_epoch": best_epoch, "wait": wait, "best_state": best_state,
-                  "rng": _rng_state(loader_gen)}
-            save_torch(ck, ckpt_path)
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+    def save_checkpoint(self, epoch: int) -> None:
+        """Everything a retry needs to continue bit for bit, written atomically after every epoch."""
+        pr = self.progress
+        save_torch({"fingerprint": self.fingerprint, "epoch": epoch, "model": self.model.state_dict(),
+                    "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict() if self.sched is not None else None,
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None, "history": pr.history,
+                    "best_dice": pr.best_dice, "best_epoch": pr.best_epoch, "wait": pr.wait,
+                    "best_state": pr.best_state, "rng": _rng_state(self.loader_gen)}, self.paths.checkpoint)
 
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    hist = pd.DataFrame(history)
-    wall = time.time() - t_start
-    meta = {
-        "cohortseg": __version__, "fold": fold, "labels": labels, "size": size, "volume_size": volume_size, "train": tc,
-        "preprocess": cfg["preprocess"], "seed": seed, "best_epoch": best_epoch, "best_val_dice": best_dice,
-        "fingerprint": fp, "input_padding": PADDING,
-    }
-    save_model(model_out, model, meta)
-    write_tsv(history_out, hist)
-    plot_curves(hist, labels, curves_out, fold)
-    info = {
-        **meta,
-        "epochs_run": len(hist), "resumed_from_epoch": resumed_from,
-        "train_subjects": fold_split["train"], "val_subjects": fold_split["val"],
-        "train_seconds_total": float(hist["seconds"].sum()), "wall_seconds_this_run": wall,
-        "device": str(device), "threads": threads, "deterministic": cfg["deterministic"],
-        "precision": str(dtype).replace("torch.", "") if dtype is not None else "float32",
-        "loader": {"mode": "patch" if patch_mode else "volume", "workers": int(tc["workers"]) if patch_mode else 0},
-        "versions": versions(), "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine()},
-        "config": cfg,
-    }
-    write_json(info_out, info)
-    ckpt_path.unlink(missing_ok=True)
-    log.info("fold %d: best validation Dice %.4f at epoch %d; %d epochs in %.1fs", fold, best_dice, best_epoch, len(hist), wall)
-    return info
+    # -- outputs -------------------------------------------------------------------------------------
+    def finish(self, wall: float) -> dict[str, Any]:
+        """The best epoch's model, the history and its curves, train.json; the checkpoint removed."""
+        pr = self.progress
+        assert pr.best_state is not None
+        self.model.load_state_dict(pr.best_state)
+        hist = pd.DataFrame(pr.history)
+        meta = {
+            "cohortseg": __version__, "fold": self.fold, "labels": self.labels, "size": self.window,
+            "volume_size": self.volume_size, "train": self.tc.to_dict(), "preprocess": self.config.preprocess.to_dict(),
+            "seed": self.seed, "best_epoch": pr.best_epoch, "best_val_dice": pr.best_dice,
+            "fingerprint": self.fingerprint, "input_padding": PADDING,
+        }
+        save_model(self.paths.model, self.model, meta)
+        write_tsv(self.paths.history, hist)
+        plot_curves(hist, self.labels, self.paths.curves, self.fold)
+        info = {**meta, "epochs_run": len(hist), "resumed_from_epoch": pr.resumed_from,
+                "train_subjects": self.split["train"], "val_subjects": self.split["val"],
+                "train_seconds_total": float(hist["seconds"].sum()), "wall_seconds_this_run": wall,
+                "device": str(self.device), "threads": self.threads, "deterministic": self.config.deterministic,
+                "precision": str(self.dtype).replace("torch.", "") if self.dtype is not None else "float32",
+                "loader": {"mode": "patch" if self.tc.patch_mode else "volume", "workers": self.tc.loader_workers},
+                "versions": versions(), "config": self.config.to_dict(),
+                "machine": {"platform": platform.platform(), "cpu": platform.processor() or platform.machine()}}
+        write_json(self.paths.info, info)
+        Path(self.paths.checkpoint).unlink(missing_ok=True)
+        log.info("fold %d: best validation Dice %.4f at epoch %d; %d epochs in %.1fs", self.fold, pr.best_dice,
+                 pr.best_epoch, len(hist), wall)
+        return info
+
+
+def _schedule(tc: TrainSettings, opt: torch.optim.Optimizer) -> Any:
+    """cosine: annealing to 0 over ``train.epochs``; plateau: halve when validation Dice stalls; none."""
+    if tc.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc.epochs)
+    if tc.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(1, tc.patience // 3))
+    return None
 
 
 def versions() -> dict[str, str]:
     """Package versions (as in the provenance manifest) plus the CUDA and cuDNN torch was built with."""
-    from .provenance import versions as package_versions
-
     out = package_versions()
     out["cuda"] = str(torch.version.cuda)
     out["cudnn"] = str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else "none"

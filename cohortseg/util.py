@@ -1,11 +1,17 @@
-"""Small shared helpers: atomic writes, logging, seeding, NIfTI hygiene."""
+"""Small shared helpers: atomic writes, logging, seeding, devices, checksums, versions, NIfTI hygiene.
+
+Shared by several stages (a stage never imports another stage's module), and light: nothing heavy
+(torch, MONAI, TorchIO) is imported at module level.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import platform
 import random
 import tempfile
 from collections.abc import Iterator
@@ -107,6 +113,50 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.use_deterministic_algorithms(True, warn_only=False)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+
+
+def resolve_device(name: str) -> Any:
+    """The torch device for a configured ``auto | cpu | cuda`` (auto: CUDA when available)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("the configured device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+PACKAGES = ("torch", "monai", "torchio", "numpy", "scipy", "pandas", "nibabel", "SimpleITK", "pydicom", "dicom2nifti",
+            "dcm2niix", "snakemake", "matplotlib")
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and the scientific stack's versions (provenance manifest, train.json)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_files(paths: list[str]) -> str:
+    """One digest over several files, in the given order (file boundaries included)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
 
 
 def set_threads(n: int) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
-from cohortseg.codehash import stage_hash
-from cohortseg.config import check_semantics, loader_workers, section_hash
-from cohortseg.prepare import CONFIG_SECTIONS as PREPARE_SECTIONS, shard_of, shards
+from cohortseg import codehash
+from cohortseg.config import SCHEMA, check_semantics, loader_workers
+from cohortseg.prepare import shard_of, shards
 
-validate(config, "../config/config.schema.yaml", set_default=True)
+validate(config, str(SCHEMA), set_default=True)
 check_semantics(config)
 
 PRIV = config["private_dir"].rstrip("/")
@@ -29,26 +29,10 @@ wildcard_constraints:
     shard=f"[0-9a-f]{{{DIGITS}}}",
 
 
-# config sections each stage reads: a change there reruns the stage (params trigger)
-STAGE_CONFIG = {
-    "index": ["source", "dicom_dir", "nifti", "masks", "private_dir", "pseudonym", "index", "labels"],
-    "select": ["select"],
-    "prepare": list(PREPARE_SECTIONS),
-    "split": ["split", "seed"],
-    "train": ["train", "preprocess", "labels", "seed", "deterministic"],
-    "ensemble": ["split"],
-    "export": ["export", "study", "seed"],
-    "infer": ["infer", "seed", "deterministic"],
-    "metrics": ["labels"],
-    "report": ["report"],
-    "provenance": sorted(config),
-    "repro": sorted(config),
-}
-
-
 def fingerprint(stage):
-    """Params value: the stage's package code hash and its config sections' hash."""
-    return f"{stage_hash(stage)}-{section_hash(config, *STAGE_CONFIG[stage])}"
+    """Params value: the hash of the package code the stage runs and of the config sections its module
+    declares (its `class Config`): a change to either reruns the stage (params trigger)."""
+    return codehash.fingerprint(stage, config)
 
 
 def index_inputs(wildcards):
@@ -70,15 +54,31 @@ def _cached(name, path, read):
     return _CACHE[key]
 
 
+def _read_included(path):
+    return pd.read_csv(path, sep="\t", dtype={"subject": str})
+
+
+def _read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def shards_of(subjects):
+    """A reader for _cached: the shards of ``subjects`` (the path only keys the cache)."""
+
+    def read(_path):
+        return shards(subjects, PREFIX, DIGITS)
+
+    return read
+
+
 def included_table():
-    return _cached("included", checkpoints.select.get().output.included,
-                   lambda p: pd.read_csv(p, sep="\t", dtype={"subject": str}))
+    return _cached("included", checkpoints.select.get().output.included, _read_included)
 
 
 def shard_subjects():
     """{shard: [subjects]} of the included subjects (prepare.shard_digits hex digits of the pseudonym)."""
-    return _cached("shards", checkpoints.select.get().output.included,
-                   lambda p: shards(list(included_table()["subject"]), PREFIX, DIGITS))
+    path = checkpoints.select.get().output.included
+    return _cached("shards", path, shards_of(list(included_table()["subject"])))
 
 
 def prepared(subjects):
@@ -88,8 +88,7 @@ def prepared(subjects):
 
 def ensemble_shards():
     """{shard: [subjects]} of the subjects the ensemble predicts (test + unlabelled)."""
-    return _cached("ensemble_shards", checkpoints.split.get().output.splits,
-                   lambda p: shards(ensemble_subjects(), PREFIX, DIGITS))
+    return _cached("ensemble_shards", checkpoints.split.get().output.splits, shards_of(ensemble_subjects()))
 
 
 def ensemble_prediction(subject):
@@ -102,7 +101,7 @@ def labelled_subjects():
 
 
 def splits():
-    return _cached("splits", checkpoints.split.get().output.splits, lambda p: json.loads(Path(p).read_text()))
+    return _cached("splits", checkpoints.split.get().output.splits, _read_json)
 
 
 def fold_subjects(fold):
@@ -158,6 +157,109 @@ def metrics_inputs(wildcards):
     }
 
 
+def metric_pairs(wildcards):
+    """(model, subject, prediction, reference) of every scored prediction, in source space."""
+    return [(m, s, f"results/predictions/{m}/{s}.nii.gz", f"results/nifti/{s}/label.nii.gz")
+            for m, s in prediction_pairs()]
+
+
+def metric_pred_info(wildcards):
+    return [f"results/predictions/{m}/{s}.json" for m, s in prediction_pairs()]
+
+
+# --- named input, params and resource functions of the rules (no lambdas in rules/) ---------------
+
+
+def shard_job_subjects(wildcards):
+    return shard_subjects()[wildcards.shard]
+
+
+def prepare_mem_mb(wildcards, attempt):
+    return RES["light_mem_mb"] * attempt
+
+
+def prepare_runtime(wildcards, attempt):
+    """10 min plus 5 per subject and thread, scaled by attempt."""
+    n = len(shard_subjects()[wildcards.shard])
+    return attempt * (10 + 5 * -(-n // RES["light_threads"]))
+
+
+def train_prepared(wildcards):
+    return prepared(fold_subjects(wildcards.fold))
+
+
+def train_mem_mb(wildcards, attempt):
+    return RES["train_mem_mb"] * attempt
+
+
+def train_runtime(wildcards, attempt):
+    """A retry after the wall time resumes from the checkpoint, with twice (three times...) the time."""
+    return RES["train_runtime_min"] * attempt
+
+
+def export_prepared(wildcards):
+    return prepared(fold_val(0)[:1])
+
+
+def export_volume(wildcards):
+    """The preprocessed image the exported programs are checked on: fold 0's first validation subject."""
+    return f"results/preproc/{fold_val(0)[0]}/image.nii"
+
+
+def prediction_cases(folder, subjects):
+    """(case, image, prediction, timing json) of ``subjects`` predicted into ``folder``."""
+    return [(s, f"results/nifti/{s}/image.nii.gz", f"{folder}/{s}.nii.gz", f"{folder}/{s}.json") for s in subjects]
+
+
+def fold_val_prepared(wildcards):
+    return prepared(fold_val(wildcards.fold))
+
+
+def fold_val_cases(wildcards, output):
+    return prediction_cases(output.preds, fold_val(wildcards.fold))
+
+
+def ensemble_shard_prepared(wildcards):
+    return prepared(ensemble_shards()[wildcards.shard])
+
+
+def ensemble_shard_cases(wildcards):
+    return prediction_cases("results/predictions/ensemble", ensemble_shards()[wildcards.shard])
+
+
+def ensemble_shard_runtime(wildcards, attempt):
+    return attempt * (10 + 2 * len(ensemble_shards()[wildcards.shard]))
+
+
+def external_cases_of(wildcards, input, output):
+    return [(f"{wildcards.cohort}/{wildcards.case}", input.image, output.pred, output.info)]
+
+
+def overlay_prepared(wildcards):
+    return prepared([wildcards.subject])
+
+
+def overlay_prediction(wildcards):
+    return ensemble_prediction(wildcards.subject)
+
+
+def provenance_prepared(wildcards):
+    return prepared(included_table()["subject"])
+
+
+def provenance_sidecars(wildcards):
+    return [f"results/nifti/{s}/image.json" for s in included_table()["subject"]]
+
+
+def results_folder(wildcards, output):
+    """The results/ folder, as the folder of the provenance manifest (every output under it is listed)."""
+    return os.path.dirname(output.manifest)
+
+
+def repro_runtime(wildcards):
+    return 4 * RES["train_runtime_min"] * (config["repro"]["runs"] + len(config["repro"]["threads"]))
+
+
 def overlay_subjects():
     return splits()["test"][: config["report"]["overlays"]]
 
@@ -179,5 +281,5 @@ def all_outputs(wildcards):
     targets += [f"results/report/overlays/{s}.png" for s in overlay_subjects()]
     targets += [f"results/predictions_external/{c}/{k}.nii.gz" for c, k in external_cases()]
     if config["export"]["enabled"]:
-        targets.append("results/export/export.json")
+        targets.append("results/export")
     return targets

@@ -6,7 +6,6 @@ rule ensemble:
         manifest="results/models/ensemble.json",
     params:
         code=fingerprint("ensemble"),
-        n_folds=N_FOLDS,
     log:
         "logs/ensemble.log",
     resources:

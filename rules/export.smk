@@ -4,13 +4,13 @@ rule export:
     input:
         manifest="results/models/ensemble.json",
         models=fold_models(),
-        prepared=lambda wc: prepared(fold_val(0)[:1]),
+        prepared=export_prepared,
     output:
-        info="results/export/export.json",
+        # fold<k>.ts/.onnx, ensemble.ts/.onnx, the Slicer package and export.json (parity figures)
+        folder=directory("results/export"),
     params:
         code=fingerprint("export"),
-        out_dir=lambda wc, output: os.path.dirname(output.info),
-        volume=lambda wc: f"results/preproc/{fold_val(0)[0]}/image.nii",
+        volume=export_volume,
     log:
         "logs/export.log",
     threads: RES["infer_threads"]

@@ -1,16 +1,14 @@
 rule infer_fold:
     """A fold's model on its validation subjects (cross-validation), in source space; one job per fold."""
     input:
-        prepared=lambda wc: prepared(fold_val(wc.fold)),
+        prepared=fold_val_prepared,
         models=["results/models/fold{fold}/model.pt"],
     output:
         preds=directory("results/predictions/fold{fold}"),
     params:
         code=fingerprint("infer"),
         name="fold{fold}",
-        cases=lambda wc: fold_val(wc.fold),
-        images=lambda wc: [f"results/nifti/{s}/image.nii.gz" for s in fold_val(wc.fold)],
-        manifest=None,
+        cases=fold_val_cases,
     log:
         "logs/infer/fold{fold}.log",
     threads: RES["infer_threads"]
@@ -27,7 +25,7 @@ rule infer_ensemble:
     """The fold ensemble (averaged probabilities) on the test and unlabelled subjects of a shard, in
     source space: results/predictions/ensemble/<subject>.nii.gz (+ .json), listed in the shard's manifest."""
     input:
-        prepared=lambda wc: prepared(ensemble_shards()[wc.shard]),
+        prepared=ensemble_shard_prepared,
         manifest="results/models/ensemble.json",
         models=fold_models(),
     output:
@@ -35,16 +33,14 @@ rule infer_ensemble:
     params:
         code=fingerprint("infer"),
         name="ensemble",
-        cases=lambda wc: ensemble_shards()[wc.shard],
-        images=lambda wc: [f"results/nifti/{s}/image.nii.gz" for s in ensemble_shards()[wc.shard]],
-        folder="results/predictions/ensemble",
-        manifest=lambda wc, input: input.manifest,
+        # each subject's prediction and timing go to results/predictions/ensemble/, listed in `done`
+        cases=ensemble_shard_cases,
     log:
         "logs/infer/ensemble/{shard}.log",
     threads: RES["infer_threads"]
     resources:
         mem_mb=RES["infer_mem_mb"],
-        runtime=lambda wc, attempt: attempt * (10 + 2 * len(ensemble_shards()[wc.shard])),
+        runtime=ensemble_shard_runtime,
     conda:
         "../envs/torch.yaml"
     script:
@@ -63,9 +59,7 @@ rule infer_external:
     params:
         code=fingerprint("infer"),
         name="ensemble",
-        cases=lambda wc: [f"{wc.cohort}/{wc.case}"],
-        images=lambda wc, input: [input.image],
-        manifest=lambda wc, input: input.manifest,
+        cases=external_cases_of,
     log:
         "logs/infer_external/{cohort}/{case}.log",
     threads: RES["infer_threads"]

@@ -20,7 +20,8 @@ rule metrics:
         ),
     params:
         code=fingerprint("metrics"),
-        pairs=lambda wc: prediction_pairs(),
+        pairs=metric_pairs,
+        pred_info=metric_pred_info,
     log:
         "logs/metrics.log",
     threads: RES["light_threads"]

@@ -9,13 +9,16 @@ rule prepare:
         manifest="results/prepared/{shard}.json",
     params:
         code=fingerprint("prepare"),
-        subjects=lambda wc: shard_subjects()[wc.shard],
+        subjects=shard_job_subjects,
+        # each subject's files go to results/nifti/<subject>/ and results/preproc/<subject>/
+        nifti="results/nifti",
+        preproc="results/preproc",
     log:
         "logs/prepare/{shard}.log",
     threads: RES["light_threads"]
     resources:
-        mem_mb=lambda wc, attempt: RES["light_mem_mb"] * attempt,
-        runtime=lambda wc, attempt: attempt * (10 + 5 * -(-len(shard_subjects()[wc.shard]) // RES["light_threads"])),
+        mem_mb=prepare_mem_mb,
+        runtime=prepare_runtime,
     conda:
         "../envs/torch.yaml"
     script:

@@ -2,7 +2,7 @@ rule provenance:
     """Versions, git state, config and hash, input checksums, hardware, SHA-256 of every output."""
     input:
         outputs=all_outputs,
-        prepared=lambda wc: prepared(included_table()["subject"]),
+        prepared=provenance_prepared,
         masks=f"{PRIV}/masks.json",
     output:
         manifest=report(
@@ -12,7 +12,8 @@ rule provenance:
         ),
     params:
         code=fingerprint("provenance"),
-        sidecars=lambda wc: [f"results/nifti/{s}/image.json" for s in included_table()["subject"]],
+        sidecars=provenance_sidecars,
+        results=results_folder,
     log:
         "logs/provenance.log",
     resources:

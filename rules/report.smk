@@ -47,8 +47,8 @@ rule dice_chart:
 rule overlay:
     """Ensemble prediction (red) and reference (green) on the source image of a test subject."""
     input:
-        prepared=lambda wc: prepared([wc.subject]),
-        predicted=lambda wc: ensemble_prediction(wc.subject),
+        prepared=overlay_prepared,
+        predicted=overlay_prediction,
     output:
         png=report(
             "results/report/overlays/{subject}.png",

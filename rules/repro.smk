@@ -24,12 +24,14 @@ rule repro:
         summary="results/repro/summary.txt",
     params:
         code=fingerprint("repro"),
+        # the workflow folder of the main run, whose outputs the executions start from
+        main=".",
     log:
         "logs/repro.log",
     threads: max(config["repro"]["threads"])
     resources:
         mem_mb=RES["train_mem_mb"],
-        runtime=lambda wc: 4 * RES["train_runtime_min"] * (config["repro"]["runs"] + len(config["repro"]["threads"])),
+        runtime=repro_runtime,
     conda:
         "../envs/torch.yaml"
     script:

@@ -1,7 +1,7 @@
 rule train:
     """One fold: model, per-epoch history, curves; checkpoints in results/checkpoints (resumable)."""
     input:
-        prepared=lambda wc: prepared(fold_subjects(wc.fold)),
+        prepared=train_prepared,
         splits="results/splits.json",
     output:
         model="results/models/fold{fold}/model.pt",
@@ -16,14 +16,14 @@ rule train:
     params:
         code=fingerprint("train"),
         checkpoint="results/checkpoints/fold{fold}.pt",
+        preproc="results/preproc",
     log:
         "logs/train/fold{fold}.log",
     # the network's threads plus the patch loader's worker processes (one thread each)
     threads: RES["train_threads"] + loader_workers(config)
     resources:
-        mem_mb=lambda wc, attempt: RES["train_mem_mb"] * attempt,
-        # a retry after the wall time resumes from the checkpoint, with twice (three times...) the time
-        runtime=lambda wc, attempt: RES["train_runtime_min"] * attempt,
+        mem_mb=train_mem_mb,
+        runtime=train_runtime,
         gpu=RES["gpus_train"],
     conda:
         "../envs/torch.yaml"

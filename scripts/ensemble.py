@@ -1,5 +1,5 @@
-from cohortseg.ensemble import build_ensemble
+from cohortseg.ensemble import Config, run
 from cohortseg.smk import setup
 
-setup(snakemake)
-build_ensemble(list(snakemake.input.models), snakemake.params.n_folds, snakemake.output.manifest)
+config = setup(snakemake, Config)
+run(config, list(snakemake.input.models), snakemake.output.manifest)

@@ -1,6 +1,5 @@
-from cohortseg.export import run
+from cohortseg.export import Config, run
 from cohortseg.smk import setup
 
-cfg = setup(snakemake)
-i, p = snakemake.input, snakemake.params
-run(cfg, i.manifest, p.out_dir, snakemake.output.info, p.volume, snakemake.threads, cfg["export"]["tolerance"])
+config = setup(snakemake, Config)
+run(config, snakemake.input.manifest, snakemake.output.folder, snakemake.params.volume, snakemake.threads)

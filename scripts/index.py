@@ -1,5 +1,5 @@
-from cohortseg.index import run
-from cohortseg.smk import setup
+from cohortseg.index import Config, Outputs, run
+from cohortseg.smk import paths, setup
 
-cfg = setup(snakemake)
-run(cfg, snakemake.output.series, snakemake.output.subjects, workers=snakemake.threads)
+config = setup(snakemake, Config)
+run(config, paths(Outputs, snakemake.output), workers=snakemake.threads)

@@ -1,7 +1,7 @@
-from cohortseg.prepare import run
-from cohortseg.smk import setup
+from cohortseg.prepare import Config, Folders, run
+from cohortseg.smk import paths, setup
 
-cfg = setup(snakemake)
-i = snakemake.input
-run(cfg, snakemake.wildcards.shard, i.included, i.series_files, i.masks, snakemake.output.manifest,
-    snakemake.params.code, snakemake.threads)
+config = setup(snakemake, Config)
+i, p = snakemake.input, snakemake.params
+run(config, snakemake.wildcards.shard, i.included, i.series_files, i.masks, snakemake.output.manifest, p.code,
+    paths(Folders, p), snakemake.threads)

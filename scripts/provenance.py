@@ -1,6 +1,6 @@
-from cohortseg.provenance import build
+from cohortseg.provenance import Config, build
 from cohortseg.smk import setup
 
-cfg = setup(snakemake)
-i = snakemake.input
-build(cfg, list(snakemake.params.sidecars), i.masks, "results", snakemake.output.manifest)
+config = setup(snakemake, Config)
+p = snakemake.params
+build(config, list(p.sidecars), snakemake.input.masks, p.results, snakemake.output.manifest)

@@ -1,7 +1,7 @@
 from cohortseg import report
 from cohortseg.smk import setup
 
-setup(snakemake)
+setup(snakemake, report.Config)
 i, o, p = snakemake.input, snakemake.output, snakemake.params
 if snakemake.rule == "selection_chart":
     report.selection_chart(i.summary, o.png)

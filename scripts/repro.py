@@ -1,5 +1,5 @@
-from cohortseg.repro import run
-from cohortseg.smk import setup
+from cohortseg.repro import Config, Outputs, run
+from cohortseg.smk import paths, setup
 
-cfg = setup(snakemake)
-run(cfg, ".", "results/repro", cores=snakemake.threads)
+config = setup(snakemake, Config)
+run(config, snakemake.params.main, paths(Outputs, snakemake.output), cores=snakemake.threads)

@@ -1,6 +1,6 @@
-from cohortseg.select import run
+from cohortseg.select import Config, run
 from cohortseg.smk import setup
 
-cfg = setup(snakemake)
-o = snakemake.output
-run(cfg, snakemake.input.series, snakemake.input.subjects, o.included, o.excluded, o.summary, o.text)
+config = setup(snakemake, Config)
+i, o = snakemake.input, snakemake.output
+run(config, i.series, i.subjects, o.included, o.excluded, o.summary, o.text)

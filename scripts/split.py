@@ -1,5 +1,5 @@
 from cohortseg.smk import setup
-from cohortseg.split import run
+from cohortseg.split import Config, run
 
-cfg = setup(snakemake)
-run(cfg, snakemake.input.included, snakemake.output.splits)
+config = setup(snakemake, Config)
+run(config, snakemake.input.included, snakemake.output.splits)

@@ -1,12 +1,12 @@
 import json
 from pathlib import Path
 
-from cohortseg.config import loader_workers
-from cohortseg.smk import setup
-from cohortseg.train import train_fold
+from cohortseg.smk import paths, setup
+from cohortseg.train import Config, FoldPaths, train_fold
 
-cfg = setup(snakemake)
-o = snakemake.output
+config = setup(snakemake, Config)
 splits = json.loads(Path(snakemake.input.splits).read_text())
-train_fold(cfg, int(snakemake.wildcards.fold), splits, "results/preproc", o.model, o.history, o.curves, o.info,
-           snakemake.params.checkpoint, snakemake.params.code, max(1, snakemake.threads - loader_workers(cfg)))
+# the job's threads: the network's plus the patch loader's worker processes (one thread each)
+threads = max(1, snakemake.threads - config.train.loader_workers)
+train_fold(config, int(snakemake.wildcards.fold), splits, paths(FoldPaths, snakemake.output, snakemake.params),
+           snakemake.params.code, threads)

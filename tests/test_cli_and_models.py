@@ -50,7 +50,9 @@ def test_models_train_a_step_and_round_trip_weights_only(tmp_path, model, n_labe
                                 "unetr_heads": 4, "unetr_feature_size": 8},
                       "preprocess": {"size": [32, 32, 32]}, "labels": [f"l{i}" for i in range(n_labels)]})
     torch.manual_seed(0)
-    net = build_model(cfg["train"], n_labels, [32, 32, 32])
+    from cohortseg.settings import TrainSettings
+
+    net = build_model(TrainSettings.from_dict(cfg["train"]), n_labels, [32, 32, 32])
     x = torch.randn(2, 1, 32, 32, 32)
     y = torch.randint(0, n_labels + 1, (2, 1, 32, 32, 32))
     logits = net(x)

@@ -275,28 +275,55 @@ def shard_list(wd: Path, subjects: list[str] | None = None) -> set[str]:
     return {shard_of(s, "sub-", 2) for s in subjects}
 
 
-def test_rerun_has_nothing_to_do_and_package_edit_reruns_its_stages(workflow: Path) -> None:
+def _edited(path: Path, old: str, new: str) -> str:
+    text = path.read_text()
+    assert old in text, f"{path.name} no longer holds {old!r}"
+    path.write_text(text.replace(old, new, 1))
+    return text
+
+
+def test_rerun_triggers_follow_the_parsed_code(workflow: Path) -> None:
+    """Rerun exactly what a code change touches: a comment or docstring edit reruns nothing; an edit of a
+    function of train.py reruns training and what consumes models, never the cohort stages; an edit of
+    metrics.py reruns metrics and what reads them, never training or inference; an edit of preprocess.py
+    (shared by prepare and infer) reruns both and what follows."""
     assert planned_jobs(smk(workflow, "-n")) == {}
-    metrics_py = workflow / "cohortseg" / "metrics.py"
-    original = metrics_py.read_text()
+    pkg = workflow / "cohortseg"
+    train_py, metrics_py, preprocess_py = pkg / "train.py", pkg / "metrics.py", pkg / "preprocess.py"
+    original = _edited(train_py, '    """Dice of integer maps per label; 1.0 when both are empty."""\n',
+                       '    """Dice per label of two integer maps; 1.0 when both are empty."""\n    # a comment\n\n')
     try:
-        metrics_py.write_text(original + "\n# an edit inside the package\n")
+        cosmetic = planned_jobs(smk(workflow, "-n"))
+        print("comment + docstring edit of train.py:", cosmetic or "nothing to be done")
+        assert cosmetic == {}, cosmetic
+        _edited(train_py, "out.append(1.0 if denom == 0", "out.append(1.0 if denom <= 0")
         jobs = planned_jobs(smk(workflow, "-n"))
+        print("function edit of train.py:", jobs)
+        splits = json.loads((workflow / "results" / "splits.json").read_text())
+        consumers = {"train": 2, "ensemble": 1, "export": 1, "infer_fold": 2, "infer_external": 1, "metrics": 1,
+                     "dice_chart": 1, "overlay": 1, "provenance": 1, "all": 1,
+                     "infer_ensemble": len(shard_list(workflow, splits["test"] + splits.get("unlabelled", [])))}
+        assert jobs == consumers, jobs
+    finally:
+        train_py.write_text(original)
+    original = _edited(metrics_py, "voxel = float(np.prod(spacing))", "voxel = float(np.prod(spacing)) * 1.0")
+    try:
+        jobs = planned_jobs(smk(workflow, "-n"))
+        print("function edit of metrics.py:", jobs)
         assert jobs == {"metrics": 1, "dice_chart": 1, "provenance": 1, "all": 1}, jobs
-        util_py = workflow / "cohortseg" / "preprocess.py"
-        util_orig = util_py.read_text()
-        util_py.write_text(util_orig + "\n# an edit inside the package\n")
-        try:
-            jobs = planned_jobs(smk(workflow, "-n"))
-            # preprocess is imported by prepare and infer: those rerun (every shard), and everything downstream
-            splits = json.loads((workflow / "results" / "splits.json").read_text())
-            assert jobs.get("prepare") == len(shard_list(workflow)) and jobs.get("train") == 2
-            assert jobs.get("infer_ensemble") == len(shard_list(workflow, splits["test"])) and jobs.get("infer_fold") == 2
-            assert "index" not in jobs and "select" not in jobs
-        finally:
-            util_py.write_text(util_orig)
     finally:
         metrics_py.write_text(original)
+    original = _edited(preprocess_py, "def _nonzero(x: torch.Tensor) -> torch.Tensor:\n    return x != 0",
+                       "def _nonzero(x: torch.Tensor) -> torch.Tensor:\n    return x != 0.0")
+    try:
+        jobs = planned_jobs(smk(workflow, "-n"))
+        print("function edit of preprocess.py:", jobs)
+        splits = json.loads((workflow / "results" / "splits.json").read_text())
+        assert jobs.get("prepare") == len(shard_list(workflow)) and jobs.get("train") == 2
+        assert jobs.get("infer_ensemble") == len(shard_list(workflow, splits["test"])) and jobs.get("infer_fold") == 2
+        assert "index" not in jobs and "select" not in jobs and "split" not in jobs
+    finally:
+        preprocess_py.write_text(original)
     assert planned_jobs(smk(workflow, "-n")) == {}
 
 

@@ -16,6 +16,7 @@ import torch
 
 import cohortseg
 from cohortseg.config import load
+from cohortseg.settings import TrainSettings
 
 PACKAGE = str(Path(cohortseg.__file__).resolve().parent).encode()
 
@@ -37,7 +38,7 @@ def _fold_models(tmp_path: Path, model: str, normalisation: str = "zscore") -> t
     paths = []
     for k in range(2):
         torch.manual_seed(k)
-        net = build_model(cfg["train"], 2, [16, 16, 16])
+        net = build_model(TrainSettings.from_dict(cfg["train"]), 2, [16, 16, 16])
         p = tmp_path / f"fold{k}" / "model.pt"
         p.parent.mkdir()
         save_model(p, net, {"fold": k, "labels": cfg["labels"], "size": [16, 16, 16], "train": cfg["train"],
@@ -52,11 +53,11 @@ def _fold_models(tmp_path: Path, model: str, normalisation: str = "zscore") -> t
 def test_exports_match_pytorch_and_slicer_package_loads(tmp_path: Path, model: str) -> None:
     from monai.bundle import ConfigParser
 
-    from cohortseg.export import run
+    from cohortseg.export import Config, run
     from cohortseg.model import load_model
 
     cfg, manifest = _fold_models(tmp_path, model)
-    info = run(cfg, manifest, tmp_path / "export", tmp_path / "export" / "export.json")
+    info = run(Config.from_config(cfg), manifest, tmp_path / "export")
     assert set(info["models"]) == {"fold0", "fold1", "ensemble"}
     for stem, m in info["models"].items():
         assert m["torchscript_max_abs_diff"] <= 1e-4 and m["onnx_max_abs_diff"] <= 1e-4, (stem, m)

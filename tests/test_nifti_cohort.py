@@ -121,29 +121,33 @@ def test_bad_pairs_are_left_out_with_their_reason(tmp_path: Path) -> None:
 def test_table_input_and_config_errors(tmp_path: Path) -> None:
     from cohortseg.config import ConfigError, load
     from cohortseg.nifti_cohort import find_cases
+    from cohortseg.settings import NiftiSettings
 
     with pytest.raises(ConfigError, match="nifti.images"):
         load(None, {"source": "nifti"})
     make_cohort(tmp_path / "data")
     (tmp_path / "cases.tsv").write_text("case\timage\tlabel\nA\tdata/imagesTr/ZQXPHIcase01.nii.gz\t"
                                         "data/labelsTr/ZQXPHIcase01.nii.gz\nB\tdata/imagesTr/ZQXPHIcase03.nii.gz\t\n")
-    cases, stray = find_cases({"table": str(tmp_path / "cases.tsv")})
+    cases, stray = find_cases(NiftiSettings(None, None, str(tmp_path / "cases.tsv"), 0.001))
     assert [c["case"] for c in cases] == ["A", "B"] and cases[1]["label"] is None and not stray
     assert Path(cases[0]["image"]).exists() and Path(cases[0]["label"]).exists()
     (tmp_path / "bad.tsv").write_text("name\tpath\nA\tx\n")
     with pytest.raises(ValueError, match="missing column"):
-        find_cases({"table": str(tmp_path / "bad.tsv")})
+        find_cases(NiftiSettings(None, None, str(tmp_path / "bad.tsv"), 0.001))
 
 
 def test_msd_hippocampus_indexes_every_case(tmp_path: Path) -> None:
     from cohortseg.config import load
+    from cohortseg.index import Config
     from cohortseg.nifti_cohort import build_index, select
+    from cohortseg.pseudonym import from_settings
 
     hip = need_shared("hippocampus")
     cfg = load(Path(__file__).resolve().parents[1] / "config" / "hippocampus.yaml",
                {"nifti": {"images": str(hip / "imagesTr"), "labels": str(hip / "labelsTr")},
                 "private_dir": str(tmp_path / "private")})
-    df, private = build_index(cfg, workers=2)
+    config = Config.from_config(cfg)
+    df, private = build_index(config.nifti, len(config.labels), from_settings(config.private_dir, config.pseudonym), 2)
     inc, exc = select(df)
     assert len(inc) == 208 and exc.empty and inc["has_mask"].all(), exc
     ref = pd.read_csv(hip / "cases.csv")

@@ -68,7 +68,8 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     """Subjects of the three sizes, preprocessed, and a fold model trained on two of each size."""
     from cohortseg.config import load
     from cohortseg.preprocess import run as preprocess
-    from cohortseg.train import train_fold
+    from cohortseg.settings import PreprocessSettings
+    from cohortseg.train import Config, FoldPaths, train_fold
 
     normalisation = request.param
     root = tmp_path_factory.mktemp(f"parity_{normalisation}")
@@ -82,8 +83,8 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             name = f"sub-{size}{i}"
             _subject(root / "nifti" / name, shape, spacing, rng)
             src, dst = root / "nifti" / name, root / "preproc" / name
-            info = preprocess(cfg, name, src / "image.nii.gz", src / "label.nii.gz", dst / "image.nii", dst / "label.nii",
-                              dst / "info.json")
+            info = preprocess(PreprocessSettings.from_dict(cfg["preprocess"]), 1, name, src / "image.nii.gz",
+                              src / "label.nii.gz", dst / "image.nii", dst / "label.nii", dst / "info.json")
             assert all(n >= w for n, w in zip(info["output_shape"], WINDOW))
             subjects.setdefault(size, []).append(name)
     # the size classes really are smaller than, equal to and larger than the window after resampling
@@ -97,8 +98,9 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     splits = {"folds": [{"train": train, "val": val}], "test": []}
     m = root / "model"
     torch.manual_seed(0)
-    train_fold(cfg, 0, splits, root / "preproc", m / "model.pt", m / "history.tsv", m / "curves.png", m / "train.json",
-               root / "ckpt.pt", "test", 2)
+    paths = FoldPaths(str(root / "preproc"), str(m / "model.pt"), str(m / "history.tsv"), str(m / "curves.png"),
+                      str(m / "train.json"), str(root / "ckpt.pt"))
+    train_fold(Config.from_config(cfg), 0, splits, paths, "test", 2)
     return {"root": root, "cfg": cfg, "subjects": subjects, "normalisation": normalisation}
 
 
@@ -171,7 +173,7 @@ def test_window_padding_is_preprocessings_padding(shape: tuple[int, int, int]) -
     image = tio.ScalarImage(tensor=x[0], affine=np.eye(4))
     # TorchIO's own centred crop/pad (training's convention before preprocessing stopped cropping)
     torchio_way = tio.CropOrPad([max(n, w) for n, w in zip(shape, window)], padding_mode="minimum")(image).data
-    preprocessing = pad_to_size(list(shape), {"preprocess": {"size": window}})(image).data
+    preprocessing = pad_to_size(list(shape), window)(image).data
     padded, region = pad_to_window(x, window, PADDING)
     assert torch.equal(padded[0], torchio_way) and torch.equal(padded[0], preprocessing)
     assert torch.equal(padded[region], x)
@@ -182,8 +184,7 @@ def test_model_without_padding_record_is_refused(trained: dict, tmp_path: Path,
     """A model file made before the padding was recorded (same weights, no ``input_padding``) is refused
     with a message to retrain or re-export, by inference, the ensemble and the export; nothing is written."""
     from cohortseg.cli import main
-    from cohortseg.ensemble import models_from_manifest
-    from cohortseg.model import load_model
+    from cohortseg.model import load_ensemble, load_model
     from cohortseg.window import PaddingUnknown
 
     root = trained["root"]
@@ -197,7 +198,7 @@ def test_model_without_padding_record_is_refused(trained: dict, tmp_path: Path,
 
     manifest = {"n_folds": 1, "folds": [{"fold": 0, "path": str(old), "sha256": sha256_file(old)}]}
     with pytest.raises(PaddingUnknown, match=str(old)):
-        models_from_manifest(manifest, torch.device("cpu"))
+        load_ensemble(manifest, torch.device("cpu"))
     subject = trained["subjects"]["smaller"][0]
     out = tmp_path / "pred.nii.gz"
     rc = main(["infer", "-c", str(root / "config.yaml"), "--model", str(old), str(root / "nifti" / subject / "image.nii.gz"),
@@ -211,6 +212,7 @@ def test_export_without_padding_record_is_refused(trained: dict, tmp_path: Path)
     refused by ``cohortseg infer --exported``."""
     from cohortseg.exported import load_program
     from cohortseg.infer import predict
+    from cohortseg.settings import InferSettings
     from cohortseg.window import PaddingUnknown
 
     from cohortseg.export import export_network, Probabilities
@@ -224,4 +226,5 @@ def test_export_without_padding_record_is_refused(trained: dict, tmp_path: Path)
     predictors, exported_meta = load_program(tmp_path / "fold0.ts")
     subject = trained["subjects"]["smaller"][0]
     with pytest.raises(PaddingUnknown, match="records no input padding"):
-        predict(predictors, exported_meta, trained["cfg"]["infer"], root / "nifti" / subject / "image.nii.gz")
+        predict(predictors, exported_meta, InferSettings.from_dict(trained["cfg"]["infer"]),
+                root / "nifti" / subject / "image.nii.gz")

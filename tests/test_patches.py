@@ -12,7 +12,8 @@ import torch
 
 from cohortseg import config as config_mod
 from cohortseg.patches import EpochSampler, PatchDataset, open_volume, patch_affine, patch_loader
-from cohortseg.train import augmentation, train_fold
+from cohortseg.settings import InferSettings
+from cohortseg.train import Config, FoldPaths, augmentation, train_fold
 
 AFFINE = np.array([[0.0, 0.0, -1.5, 40.0], [-1.2, 0.0, 0.0, 12.0], [0.0, 1.1, 0.0, -7.0], [0, 0, 0, 1]])
 
@@ -127,8 +128,9 @@ def test_patch_training_is_deterministic_and_window_is_the_patch(volumes, tmp_pa
     def run(tag: str, workers: int) -> tuple[dict, dict]:
         cfg["train"]["workers"] = workers
         d = tmp_path / tag
-        info = train_fold(cfg, 0, splits, root, d / "model.pt", d / "history.tsv", d / "curves.png", d / "train.json",
-                          d / "ckpt.pt")
+        paths = FoldPaths(str(root), str(d / "model.pt"), str(d / "history.tsv"), str(d / "curves.png"),
+                          str(d / "train.json"), str(d / "ckpt.pt"))
+        info = train_fold(Config.from_config(cfg), 0, splits, paths)
         return info, torch.load(d / "model.pt", weights_only=True)
 
     info_a, a = run("a", 1)
@@ -143,7 +145,8 @@ def test_patch_training_is_deterministic_and_window_is_the_patch(volumes, tmp_pa
     from cohortseg.model import load_model
 
     model, meta = load_model(tmp_path / "a" / "model.pt")
-    out, _ = predict([network_predictor(model, 2)], meta, cfg["infer"], root / names[5] / "image.nii")
+    out, _ = predict([network_predictor(model, 2)], meta, InferSettings.from_dict(cfg["infer"]),
+                     root / names[5] / "image.nii")
     assert out.shape == (32, 32, 32) and np.allclose(out.affine, AFFINE)
 
 
@@ -156,8 +159,9 @@ def test_compiled_channels_last_patch_training_runs(volumes, tmp_path):
         "train": {"levels": 3, "base_filters": 8, "res_units": 1, "epochs": 1, "batch_size": 4, "device": "cpu",
                   "patch": {"size": [16, 16, 16]}, "compile": True, "channels_last": True}})
     d = tmp_path / "c"
-    train_fold(cfg, 0, {"folds": [{"train": names[:4], "val": names[4:]}]}, root, d / "model.pt", d / "h.tsv",
-               d / "c.png", d / "train.json", d / "ck.pt")
+    paths = FoldPaths(str(root), str(d / "model.pt"), str(d / "h.tsv"), str(d / "c.png"), str(d / "train.json"),
+                      str(d / "ck.pt"))
+    train_fold(Config.from_config(cfg), 0, {"folds": [{"train": names[:4], "val": names[4:]}]}, paths)
     from cohortseg.model import load_model
 
     model, meta = load_model(d / "model.pt")

@@ -78,12 +78,11 @@ def test_interrupted_training_resumes_to_identical_weights(prepared):
 
 
 def test_checkpoint_of_another_config_is_ignored(prepared, tmp_path):
-    from cohortseg.train import fingerprint
+    from cohortseg.config import load
+    from cohortseg.train import Config, fingerprint
 
     splits = json.loads((prepared[0] / "results" / "splits.json").read_text())
-    from cohortseg.config import load
-
-    c1 = load(prepared[1], SET)
-    c2 = load(prepared[1], {**SET, "train": {**SET["train"], "lr": 0.01}})
+    c1 = Config.from_config(load(prepared[1], SET))
+    c2 = Config.from_config(load(prepared[1], {**SET, "train": {**SET["train"], "lr": 0.01}}))
     assert fingerprint(c1, 0, splits, "x") != fingerprint(c2, 0, splits, "x")
     assert fingerprint(c1, 0, splits, "x") != fingerprint(c1, 0, splits, "y"), "code changes invalidate checkpoints"

@@ -116,7 +116,9 @@ def test_empty_cohort_stops_with_one_clear_error(tmp_path):
     df = _series([{"subject": "sub-a", "series": "ser-1", "modality": "CT"}])
     df.to_csv(tmp_path / "series.tsv", sep="\t", index=False)
     pd.DataFrame({"subject": ["sub-a"], "has_mask": [True]}).to_csv(tmp_path / "subjects.tsv", sep="\t", index=False)
-    cfg = load(None, {"private_dir": str(tmp_path / "private")})
+    from cohortseg.select import Config
+
+    cfg = Config.from_config(load(None, {"private_dir": str(tmp_path / "private")}))
     with pytest.raises(SystemExit, match="empty cohort"):
         run(cfg, tmp_path / "series.tsv", tmp_path / "subjects.tsv", tmp_path / "inc.tsv", tmp_path / "exc.tsv",
             tmp_path / "sum.tsv", tmp_path / "sum.txt")
