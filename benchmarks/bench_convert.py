@@ -2,12 +2,19 @@
 
 Every series of the shared corpus of real DICOM that passes the corpus audit rules
 (config/shared_corpus.yaml, 4D series included) is converted, in the same run, by
-- baseline: ``dcm2niix -z y -b n`` on a folder of links to the series' files (the subprocess only);
+- baseline: ``dcm2niix -z i -1 -b n`` on a folder of links to the series' files;
 - cohortseg: the whole convert step as the workflow runs it (anonymous links, ``convert.tool: auto``,
-  header scrub, sidecar, gzip write),
+  header scrub, cleaned sidecar, gzip write),
 and the two outputs' geometry is compared (shape, voxel grid within 1e-3 mm / 1e-4 rad after
-reorienting both to RAS, voxel values). Prints key=value lines per series and overall; the headline
-ratio (total cohortseg time / total dcm2niix time) comes last. Target <= 2.
+reorienting both to RAS, voxel values).
+
+Equal terms: the same compression (zlib level 1 on one thread: nibabel's default level for .nii.gz, and
+dcm2niix's internal zlib ``-z i`` at ``-1``; its default is pigz at level 6), and the same process
+start-up: each side's time holds exactly one process start per series, dcm2niix's (cohortseg's convert
+runs dcm2niix too), and no Python interpreter start, which a prepare job pays once for all the subjects of
+its shard (``python_start_s`` is printed for reference; bench_startup.py measures it per stage).
+Prints key=value lines per series and overall; the headline ratio (total cohortseg time / total dcm2niix
+time) comes last. Target <= 1.
 Usage: .venv/bin/python benchmarks/bench_convert.py [--repeats 3]
 """
 
@@ -46,7 +53,7 @@ def run_dcm2niix(files: list[str], tmp: Path) -> tuple[float, nib.Nifti1Image]:
     for i, f in enumerate(files):
         (src / f"{i:05d}.dcm").symlink_to(f)
     t0 = time.perf_counter()
-    subprocess.run([dcm2niix_exe(), "-z", "y", "-b", "n", "-f", "x", "-o", str(out), str(src)],
+    subprocess.run([dcm2niix_exe(), "-z", "i", "-1", "-b", "n", "-f", "x", "-o", str(out), str(src)],
                    check=True, capture_output=True)
     dt = time.perf_counter() - t0
     return dt, nib.load(str(dcm2niix_output(sorted(out.glob("x*.nii.gz")))))
@@ -96,6 +103,9 @@ def main() -> None:
         print(f"series={row['series']} files={len(files)} shape={'x'.join(map(str, img.shape))} "
               f"dcm2niix_s={base:.4f} cohortseg_s={ours:.4f} ratio={ours / base:.2f} "
               f"geometry_identical={same} voxels={c.voxels}")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import cohortseg.convert"], check=True, cwd=REPO)
+    print(f"python_start_s={time.perf_counter() - t0:.3f}")
     print(f"series_converted={len(ratios)}")
     print(f"geometry_identical={geometry_ok}/{len(ratios)}")
     print(f"dcm2niix_total_s={tot_base:.3f}")

@@ -4,10 +4,12 @@ Builds a tree of >= 10,000 files by replicating the shared corpus of real DICOM 
 so the bytes read are the corpus' own; the page cache is warmed for both sides first), then times
 on the same files, in the same run:
 
-- baseline: ``pydicom.dcmread(f)`` of every file, one process (what a naive indexer does);
-- cohortseg's ``read_header`` in one process, and ``read_headers`` with the configured workers.
+- baseline: ``pydicom.dcmread(f)`` of every file (what a naive indexer does), in one process and with the
+  same worker pool cohortseg uses (``--workers`` processes, same chunks);
+- cohortseg's ``read_header`` in one process, and ``read_headers`` with ``--workers`` processes.
 
-Prints key=value lines; the headline ratio (configured workers against the baseline) comes last.
+Prints key=value lines; every ratio compares equal process counts. The headline ratio (one process
+against one process) comes last. Target >= 10.
 Usage: .venv/bin/python benchmarks/bench_index.py [--files 10000] [--workers 2]
 """
 
@@ -25,6 +27,26 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cohortseg.index import list_files, read_header, read_headers  # noqa: E402
+
+
+def dcmread_ok(f: str) -> bool:
+    import pydicom
+
+    try:
+        pydicom.dcmread(f)
+        return True
+    except Exception:  # noqa: BLE001 - non-DICOM files fail here, as in a naive indexer
+        return False
+
+
+def dcmread_all(files: list[str], workers: int) -> int:
+    """The baseline, with the pool and chunks of cohortseg.index.read_headers."""
+    if workers <= 1:
+        return sum(dcmread_ok(f) for f in files)
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return sum(pool.map(dcmread_ok, files, chunksize=max(64, len(files) // (8 * workers))))
 
 
 def build_tree(src: Path, dst: Path, n_files: int) -> list[str]:
@@ -48,8 +70,6 @@ def main() -> None:
     ap.add_argument("--src", default=os.path.join(os.environ.get("COHORTSEG_SHARED_DATA", REPO.parent / "shared" / "data"), "dicom"))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    import pydicom
-
     src = Path(args.src)
     if not src.is_dir():
         sys.exit(f"shared corpus {src} not found (see ../shared/README.md)")
@@ -59,14 +79,11 @@ def main() -> None:
             Path(f).read_bytes()  # warm the page cache: the tree is links to the same corpus files
 
         t0 = time.perf_counter()
-        ok = 0
-        for f in files:
-            try:
-                pydicom.dcmread(f)
-                ok += 1
-            except Exception:  # noqa: BLE001 - non-DICOM files fail here, as in a naive indexer
-                pass
+        ok = dcmread_all(files, 1)
         baseline = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        assert dcmread_all(files, args.workers) == ok
+        baseline_par = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         heads = [read_header(f) for f in files]
@@ -81,14 +98,17 @@ def main() -> None:
     print(f"files={n}")
     print(f"dicom_files={ok}")
     print(f"cohortseg_ok_headers={sum(h.status == 'ok' for h in heads)}")
-    print(f"baseline_full_dcmread_s={baseline:.3f}")
-    print(f"baseline_headers_per_s={n / baseline:.1f}")
+    w = args.workers
+    print(f"baseline_1_process_s={baseline:.3f}")
+    print(f"baseline_1_process_headers_per_s={n / baseline:.1f}")
+    print(f"baseline_{w}_workers_s={baseline_par:.3f}")
+    print(f"baseline_{w}_workers_headers_per_s={n / baseline_par:.1f}")
     print(f"cohortseg_1_process_s={single:.3f}")
     print(f"cohortseg_1_process_headers_per_s={n / single:.1f}")
-    print(f"ratio_1_process={baseline / single:.2f}")
-    print(f"cohortseg_{args.workers}_workers_s={par:.3f}")
-    print(f"cohortseg_{args.workers}_workers_headers_per_s={n / par:.1f}")
-    print(f"ratio={baseline / par:.2f}")
+    print(f"cohortseg_{w}_workers_s={par:.3f}")
+    print(f"cohortseg_{w}_workers_headers_per_s={n / par:.1f}")
+    print(f"ratio_{w}_vs_{w}_workers={baseline_par / par:.2f}")
+    print(f"ratio={baseline / single:.2f}")
 
 
 if __name__ == "__main__":

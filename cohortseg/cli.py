@@ -42,7 +42,9 @@ def cmd_index(a: argparse.Namespace) -> None:
 def cmd_select(a: argparse.Namespace) -> None:
     from .select import Config, run
 
-    run(Config.from_config(_cfg(a)), a.series, a.subjects, a.included, a.excluded, a.summary, a.summary_txt)
+    cfg = _cfg(a)
+    run(Config.from_config(cfg), a.series, a.subjects, a.included, a.excluded, a.summary, a.summary_txt,
+        Path(cfg["private_dir"]) / "descriptors.json")
     print(Path(a.summary_txt).read_text(), end="")
 
 
@@ -55,7 +57,7 @@ def cmd_convert(a: argparse.Namespace) -> None:
     priv = Path(cfg["private_dir"])
     out = Path(a.out) / a.subject
     run(config.source, config.convert.tool, a.subject, a.included, priv / "series_files.json", out / "image.nii.gz",
-        out / "image.json")
+        out / "image.json", config.privacy.descriptors)
     masks = json.loads((priv / "masks.json").read_text())
     if a.subject in masks:
         run_mask(len(config.labels), a.subject, out / "image.nii.gz", priv / "masks.json", out / "label.nii.gz")

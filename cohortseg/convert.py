@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 
+from .descriptors import IDENTIFYING_TAGS, SIDECAR_DESCRIPTORS, identifiers, public
 from .util import log, save_nifti, write_json
 
 SIDECAR_TAGS = [
@@ -43,8 +44,19 @@ def _plain(v: Any) -> Any:
     return str(v)
 
 
-def sidecar(ds: pydicom.Dataset) -> dict[str, Any]:
-    return {t: _plain(ds.get(t)) for t in SIDECAR_TAGS if ds.get(t) not in (None, "")}
+def sidecar(ds: pydicom.Dataset, descriptors: str = "clean") -> dict[str, Any]:
+    """The acquisition tags of the converted series; its free text as ``privacy.descriptors`` says (cleaned
+    of this patient's identifiers by default: cohortseg.descriptors)."""
+    out = {t: _plain(ds.get(t)) for t in SIDECAR_TAGS if ds.get(t) not in (None, "")}
+    ids = identifiers({t: ds.get(t) for t in IDENTIFYING_TAGS})
+    for t in SIDECAR_DESCRIPTORS:
+        if t in out:
+            value = out[t]
+            out[t] = [public(v, ids, descriptors) for v in value] if isinstance(value, list) else \
+                public(value, ids, descriptors)
+            if not out[t] or out[t] == [""] * len(out[t]):
+                del out[t]
+    return out
 
 
 def _link_anonymously(files: list[str], tmp: Path) -> list[Path]:
@@ -115,8 +127,8 @@ def _convert_with(tool: str, links: list[Path], tmp: Path) -> Path:
         raise ConversionError(f"{tool} could not convert the series: {type(exc).__name__}: {_strip_paths(str(exc), tmp)}") from None
 
 
-def convert_series(files: list[str], tool: str, correction: str = "", allow_4d: bool = False
-                   ) -> tuple[nib.Nifti1Image, dict[str, Any]]:
+def convert_series(files: list[str], tool: str, correction: str = "", allow_4d: bool = False,
+                   descriptors: str = "clean") -> tuple[nib.Nifti1Image, dict[str, Any]]:
     """Convert the files of one series; return the NIfTI image (in memory) and the sidecar.
 
     ``correction`` ('gantry_tilt', 'uneven_spacing' or both joined by '+', from selection) asks
@@ -133,7 +145,7 @@ def convert_series(files: list[str], tool: str, correction: str = "", allow_4d: 
     out_img.set_qform(conv["affine"], code=1)
     out_img.set_sform(conv["affine"], code=1)
     out_img.header.set_xyzt_units("mm", "sec")
-    meta = sidecar(conv["first"])
+    meta = sidecar(conv["first"], descriptors)
     meta.update(
         converter=conv["used"],
         converter_version=_tool_version(conv["used"]),
@@ -256,16 +268,16 @@ def included_row(included_tsv: str | Path, subject: str) -> dict[str, Any]:
 
 
 def run(source: str, tool: str, subject: str, included_tsv: str | Path, series_files_json: str | Path,
-        image_out: str | Path, sidecar_out: str | Path) -> None:
+        image_out: str | Path, sidecar_out: str | Path, descriptors: str = "clean") -> None:
     row = included_row(included_tsv, subject)
     files = json.loads(Path(series_files_json).read_text())[row["series"]]
-    convert_subject(source, tool, subject, row, files, image_out, sidecar_out)
+    convert_subject(source, tool, subject, row, files, image_out, sidecar_out, descriptors)
 
 
 def convert_subject(source: str, tool: str, subject: str, row: dict[str, Any], files: list[str],
-                    image_out: str | Path, sidecar_out: str | Path) -> dict[str, Any]:
+                    image_out: str | Path, sidecar_out: str | Path, descriptors: str = "clean") -> dict[str, Any]:
     """Convert the series of ``row`` (its ``files``) to the subject's NIfTI and identifier-free sidecar
-    (``source``: dicom | nifti; ``tool``: the configured converter)."""
+    (``source``: dicom | nifti; ``tool``: the configured converter; ``descriptors``: privacy.descriptors)."""
     try:
         if source == "nifti":
             from .nifti_cohort import import_image
@@ -277,7 +289,7 @@ def convert_subject(source: str, tool: str, subject: str, row: dict[str, Any], f
         else:
             corr = row.get("geometry_correction")
             corr = corr if isinstance(corr, str) else ""
-            img, meta = convert_series(files, tool, corr)
+            img, meta = convert_series(files, tool, corr, descriptors=descriptors)
     except ConversionError as exc:
         raise ConversionError(f"{subject} series {row['series']}: {exc}") from None
     from .util import sha256_files

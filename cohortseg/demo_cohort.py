@@ -195,6 +195,7 @@ def _write_series(
     seed: int,
     rng: np.random.Generator,
     file_prefix: str = "IM",
+    typed: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     row, col, normal, origin = series_grid(spec, phantom.centre)
     pts = _voxel_points(row, col, normal, origin, spec)
@@ -212,6 +213,7 @@ def _write_series(
         if spec.drop_slice is not None and k == spec.drop_slice:
             continue
         ds_ = _slice_dataset(spec, patient, study, (series_uid, frame_uid, sop_class), series_number, k, geometry, seed)
+        _type_in(ds_, typed or {})
         ds_.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()
         ds_.save_as(out_dir / f"{file_prefix}{k + 1:05d}.dcm", enforce_file_format=True)
     mask = None
@@ -219,6 +221,21 @@ def _write_series(
         mask = phantom.lesion_mask(pts).reshape(cols, rows, spec.n_slices)
     affine = nifti_affine(row, col, normal, origin, spec.spacing)
     return affine, mask
+
+
+def _type_in(ds: Dataset, typed: dict[str, Any]) -> None:
+    """What a technologist typed (privacy tests): text appended to the descriptions, free-text tags, a
+    private tag. Keys: 'description' (appended), DICOM keywords, or (group, element, VR) tuples."""
+    for key, value in typed.items():
+        if key == "description":
+            ds.SeriesDescription = f"{ds.SeriesDescription} {value}"
+            ds.ProtocolName = f"{ds.ProtocolName} {value}"
+        elif isinstance(key, tuple):
+            if key[0] % 2 and not ds.get((key[0], 0x0010)):
+                ds.add_new((key[0], 0x0010), "LO", "COHORTSEG TEST")  # private creator of the block
+            ds.add_new((key[0], key[1]), key[2], value)
+        else:
+            setattr(ds, key, value)
 
 
 def _slice_dataset(spec: SeriesSpec, patient: dict[str, str], study: dict[str, str], uids: tuple[str, str, str],
@@ -365,6 +382,21 @@ def _series_specs(plan: dict[str, object], st_i: int, matrix: tuple[int, int], n
     return specs
 
 
+def _typed(spec: SeriesSpec, n: int, patient: dict[str, str], first: str, study: dict[str, str], m: Any) -> dict[str, Any]:
+    """With a PHI marker: identifiers typed into free text, as technologists do. The target series gets the
+    patient's name (any order), id and the study date spelled dd.mm.yyyy in its description; every series
+    marker-carrying free-text tags that cohortseg never reads (comments, operator, station, a private tag)."""
+    d = study["StudyDate"]
+    last = patient["PatientName"].split("^")[0]
+    typed: dict[str, Any] = {"ImageComments": f"comment {m('COMMENT')}", "OperatorsName": f"OPER{m('OPER')}",
+                             "StationName": f"ST{m('STATION')}", (0x0029, 0x1010, "LO"): f"private {m('PRIVATE')}"}
+    if spec.target:
+        typed["description"] = f"{first.lower()} {last} {patient['PatientID']} {d[6:]}.{d[4:6]}.{d[:4]}"
+    elif n == 2:
+        typed["description"] = f"{last.upper()}, {first.upper()} {d[:4]}-{d[4:6]}-{d[6:]}"
+    return typed
+
+
 def _write_subject(s: int, n_subjects: int, master: np.random.Generator, seed: int, mk: str, out: Path,
                    grid: tuple[tuple[int, int], int]) -> int:
     """One subject's studies, series and mask; the number of series written."""
@@ -389,7 +421,8 @@ def _write_subject(s: int, n_subjects: int, master: np.random.Generator, seed: i
         for n, spec in enumerate(_series_specs(plan, st_i, matrix, n_target), start=1):
             number = 100 * (st_i + 1) + n
             sdir = study_dir / f"{number:03d}_{spec.description.replace(' ', '_').replace('+', 'plus')}"
-            affine, mask = _write_series(sdir, spec, phantom, patient, study, number, seed, rng, f"{m('FILE')}IM")
+            typed = _typed(spec, n, patient, first, study, m) if mk else None
+            affine, mask = _write_series(sdir, spec, phantom, patient, study, number, seed, rng, f"{m('FILE')}IM", typed)
             n_series += 1
             if mask is not None:
                 img = nib.Nifti1Image(mask.astype(np.uint8), affine)

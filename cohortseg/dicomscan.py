@@ -19,19 +19,28 @@ import os
 import struct
 from typing import Any
 
-# tag -> (keyword, VR used for implicit VR files and for decoding)
+# tag -> (keyword, VR used for implicit VR files and for decoding); the identifying ones (names, ids,
+# accession, institution, dates) are read only to clean free-text descriptors (cohortseg.descriptors)
+# and to key pseudonyms: they never leave the index's memory
 TAGS: dict[int, tuple[str, str]] = {
     0x00080005: ("SpecificCharacterSet", "CS"),
     0x00080008: ("ImageType", "CS"),
     0x00080016: ("SOPClassUID", "UI"),
     0x00080018: ("SOPInstanceUID", "UI"),
     0x00080020: ("StudyDate", "DA"),
+    0x00080021: ("SeriesDate", "DA"),
     0x00080030: ("StudyTime", "TM"),
+    0x00080050: ("AccessionNumber", "SH"),
     0x00080060: ("Modality", "CS"),
     0x00080070: ("Manufacturer", "LO"),
+    0x00080080: ("InstitutionName", "LO"),
+    0x00080090: ("ReferringPhysicianName", "PN"),
     0x00081030: ("StudyDescription", "LO"),
     0x0008103E: ("SeriesDescription", "LO"),
+    0x00100010: ("PatientName", "PN"),
     0x00100020: ("PatientID", "LO"),
+    0x00100030: ("PatientBirthDate", "DA"),
+    0x00101000: ("OtherPatientIDs", "LO"),
     0x00180010: ("ContrastBolusAgent", "LO"),
     0x00180050: ("SliceThickness", "DS"),
     0x00180081: ("EchoTime", "DS"),

@@ -4,6 +4,16 @@
 and derived geometry that selection rules use. Identifiers (PatientID, names, dates, UIDs,
 paths, institution, study descriptions) never reach it: they stay in ``private_dir``
 (mode 600): the pseudonym map, the files of each series, the masks.
+
+Missing identifiers (anonymised exports blank them): a file that reads as DICOM but has no
+StudyInstanceUID or SeriesInstanceUID is not unreadable. Its study is keyed by (PatientID,
+StudyDate, StudyTime, the folder above the file's folder) and its series by (that study key, the
+file's folder, SeriesNumber, Modality), as dcm2niix groups files without UIDs by series number
+and acquisition properties; the files of one such key are then split by geometry like any series
+(matrix, orientation, pixel spacing, SOP class). An empty PatientID makes the study its own
+subject, keyed ``no-patient-id:<study key>`` (a patient without an id cannot be linked across
+studies). The series row's ``missing_uid`` names what was missing (``patient_id``, ``study_uid``,
+``series_uid``, joined by ``+``), so a selection rule can reject such series if a study wants to.
 """
 
 from __future__ import annotations
@@ -26,8 +36,9 @@ from pydicom.errors import InvalidDicomError
 
 from .dicomscan import CHARSET_TAG, CSA_IMAGE_TAG, GEOMETRY, MOSAIC_TAG, Fallback, scan
 from .dicomscan import TAGS as SCAN_TAGS
+from .descriptors import SERIES_DESCRIPTORS, identifiers, public
 from .pseudonym import PRIVATE_MODE, Pseudonymiser, ensure_private_dir, from_settings
-from .settings import IndexSettings, MaskSettings, NiftiSettings, PseudonymSettings, StageConfig
+from .settings import IndexSettings, MaskSettings, NiftiSettings, PrivacySettings, PseudonymSettings, StageConfig
 from .util import log, write_json, write_text, write_tsv
 
 
@@ -39,6 +50,7 @@ class Config(StageConfig):
     masks: MaskSettings
     private_dir: str
     pseudonym: PseudonymSettings
+    privacy: PrivacySettings
     index: IndexSettings
     labels: tuple[str, ...]
 
@@ -53,12 +65,13 @@ class Outputs:
     masks: str
     id_map: str
     file_map: str
+    descriptors: str
 
     @classmethod
     def default(cls, results: str | Path, private_dir: str | Path) -> Outputs:
         r, p = Path(results), Path(private_dir)
         return cls(str(r / "cohort" / "series.tsv"), str(r / "cohort" / "subjects.tsv"), str(p / "series_files.json"),
-                   str(p / "masks.json"), str(p / "id_map.tsv"), str(p / "file_map.tsv"))
+                   str(p / "masks.json"), str(p / "id_map.tsv"), str(p / "file_map.tsv"), str(p / "descriptors.json"))
 
 # the tags the index reads are the fast scanner's list (dicomscan.TAGS); pydicom reads them by keyword
 _BY_KEYWORD = {kw: vr for tag, (kw, vr) in SCAN_TAGS.items() if tag not in (CHARSET_TAG, MOSAIC_TAG)}
@@ -75,7 +88,7 @@ SERIES_COLUMNS = [
     "n_files", "n_slices", "n_volumes", "n_frames", "duplicates", "split_from_uid", "rows", "cols",
     "pixel_spacing_row", "pixel_spacing_col", "slice_spacing", "slice_thickness", "plane",
     "obliquity_deg", "gantry_tilt_deg", "slice_gaps_uneven", "missing_slices", "geometry_consistent",
-    "transfer_syntax", "decodable", "mosaic", "manufacturer", "field_strength",
+    "transfer_syntax", "decodable", "mosaic", "manufacturer", "field_strength", "missing_uid",
 ]
 # statuses of files that hold no series: each becomes a row of its own in the index and the audit
 FILE_STATUSES = ("unreadable", "truncated", "not_dicom", "dicomdir", "empty_folder")
@@ -182,8 +195,6 @@ def read_header(path: str) -> FileHeader:
         return read_header_pydicom(path)
     if status == "dicomdir" or os.path.basename(path).upper() == "DICOMDIR":
         return FileHeader(path, "dicomdir", {})
-    if status == "ok" and "SeriesInstanceUID" not in tags:
-        return FileHeader(path, "unreadable", {})
     return FileHeader(path, status, tags)
 
 
@@ -241,7 +252,7 @@ def read_header_pydicom(path: str) -> FileHeader:
                 v = float(v)
             elif vr in ("IS", "US"):
                 v = int(v)
-            elif name == "ImageType":
+            elif isinstance(v, list) or name == "ImageType":  # multi-valued text: as the file holds it
                 v = "\\".join(str(x) for x in (v if isinstance(v, list) else [v]))
             else:
                 v = str(v)
@@ -253,8 +264,6 @@ def read_header_pydicom(path: str) -> FileHeader:
         if int(tags.get("NumberOfFrames", 1)) > 1:
             _frame_geometry(ds, tags)
     except Exception:
-        return FileHeader(path, "unreadable", {})
-    if "SeriesInstanceUID" not in tags:
         return FileHeader(path, "unreadable", {})
     return FileHeader(path, "ok", tags)
 
@@ -405,6 +414,7 @@ def tag_summary(t0: dict[str, Any], hs: list[FileHeader]) -> dict[str, Any]:
         "gantry_tilt_deg": abs(float(t0.get("GantryDetectorTilt", 0.0))),
         "transfer_syntax": _ts_name(ts), "decodable": decodable(ts),
         "mosaic": bool(t0.get("MosaicImages")),
+        "missing_uid": t0.get("MissingUIDs", ""),
         "pixel_spacing_row": ps[0] if ps and len(ps) == 2 else None,
         "pixel_spacing_col": ps[1] if ps and len(ps) == 2 else None,
     }
@@ -480,8 +490,10 @@ def build_index(
     gap_tol: float = 0.2,
     workers: int = 1,
     files: Iterable[str] | None = None,
+    descriptors: str = "clean",
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Scan ``dicom_dir``; return the pseudonymous series table and the private maps."""
+    """Scan ``dicom_dir``; return the pseudonymous series table (free-text descriptors as
+    ``privacy.descriptors`` = ``descriptors`` says) and the private maps (with the raw descriptors)."""
     dicom_dir = Path(dicom_dir)
     if not dicom_dir.is_dir():
         raise FileNotFoundError(f"dicom_dir {dicom_dir} does not exist or is not a folder")
@@ -490,23 +502,56 @@ def build_index(
     headers = read_headers(paths, workers)
     by_series, bad, folder_patient = group_headers(headers)
     rows, series_files, id_map = series_rows(by_series, pseudo, re.compile(postop_regex, re.I), gap_tol)
+    raw_descriptors = public_descriptors(rows, descriptors)
     bad += [FileHeader(folder, "empty_folder", {}) for folder in empty]
     bad_rows, file_map = bad_file_rows(bad, folder_patient, pseudo)
     df = pd.DataFrame(rows + bad_rows, columns=SERIES_COLUMNS)
     df = df.sort_values(["subject", "study_order", "series_number", "series"], na_position="last", kind="stable")
-    private = {"series_files": series_files, "id_map": id_map, "file_map": file_map,
+    private = {"series_files": series_files, "id_map": id_map, "file_map": file_map, "descriptors": raw_descriptors,
                "n_files": len(paths), "status_counts": dict(Counter(h.status for h in headers)), "empty_folders": len(empty)}
     return df.reset_index(drop=True), private
 
 
+def fill_missing_uids(h: FileHeader) -> None:
+    """Fallback keys for a blank StudyInstanceUID, SeriesInstanceUID or PatientID (module docstring)."""
+    t = h.tags
+    missing = [name for name, tag in (("patient_id", "PatientID"), ("study_uid", "StudyInstanceUID"),
+                                      ("series_uid", "SeriesInstanceUID")) if not str(t.get(tag, "")).strip()]
+    if not missing:
+        return
+    folder = os.path.dirname(h.path)
+    if "study_uid" in missing:
+        t["StudyInstanceUID"] = "fallback-study:" + repr((str(t.get("PatientID", "")), str(t.get("StudyDate", "")),
+                                                           str(t.get("StudyTime", "")), os.path.dirname(folder)))
+    if "series_uid" in missing:
+        t["SeriesInstanceUID"] = "fallback-series:" + repr((t["StudyInstanceUID"], folder, t.get("SeriesNumber"),
+                                                             t.get("Modality")))
+    if "patient_id" in missing:
+        t["PatientID"] = f"no-patient-id:{t['StudyInstanceUID']}"
+    t["MissingUIDs"] = "+".join(missing)
+
+
+def public_descriptors(rows: list[dict[str, Any]], mode: str) -> dict[str, dict[str, str]]:
+    """Replace each row's free-text descriptors by what may reach results/ (cleaned of its own patient's
+    identifiers, dropped or kept: cohortseg.descriptors); return the raw ones by series id."""
+    raw: dict[str, dict[str, str]] = {}
+    for row in rows:
+        ids = identifiers(row.pop("_tags"))
+        raw[row["series"]] = {f: "" if row.get(f) is None else str(row[f]) for f in SERIES_DESCRIPTORS}
+        for f in SERIES_DESCRIPTORS:
+            row[f] = public(row.get(f), ids, mode)
+    return raw
+
+
 def group_headers(headers: list[FileHeader]) -> tuple[dict[str, list[FileHeader]], list[FileHeader], dict[str, Counter[str]]]:
-    """Readable files by SeriesInstanceUID, the others, and the PatientIDs seen in each folder (a bad file
-    is attributed to its folder's patient)."""
+    """Readable files by SeriesInstanceUID (or its fallback key), the others, and the PatientIDs seen in each
+    folder (a bad file is attributed to its folder's patient)."""
     by_series: dict[str, list[FileHeader]] = defaultdict(list)
     bad: list[FileHeader] = []
     folder_patient: dict[str, Counter[str]] = defaultdict(Counter)
     for h in headers:
         if h.status == "ok":
+            fill_missing_uids(h)
             by_series[h.tags["SeriesInstanceUID"]].append(h)
             if "PatientID" in h.tags:
                 folder_patient[os.path.dirname(h.path)][h.tags["PatientID"]] += 1
@@ -547,7 +592,7 @@ def series_rows(by_series: dict[str, list[FileHeader]], pseudo: Pseudonymiser, p
             parts.append((uid, uid if k == 0 else f"{uid}#part{k}", hs))
     for uid, part_uid, hs in parts:
         t = hs[0].tags
-        pid = t.get("PatientID", "") or f"unknown-patient:{os.path.dirname(hs[0].path)}"
+        pid = t["PatientID"]
         subject = pseudo.subject(pid)
         id_map[subject] = pid
         order, days = rank(t.get("PatientID", ""), t.get("StudyInstanceUID", ""))
@@ -558,6 +603,7 @@ def series_rows(by_series: dict[str, list[FileHeader]], pseudo: Pseudonymiser, p
         row["split_from_uid"] = pseudo.series(uid) if part_uid != uid else ""
         text = " ".join(str(t.get(k, "")) for k in ("StudyDescription", "SeriesDescription", "ProtocolName"))
         row.update(postop=bool(postop.search(text)), study_order=order, days_from_first=days)
+        row["_tags"] = t  # the identifiers its descriptors are cleaned of (public_descriptors); never a column
         rows.append(row)
         series_files[row["series"]] = _spatial_order(unique_instances(hs))
     return rows, series_files, id_map
@@ -635,7 +681,8 @@ def run(config: Config, out: Outputs, workers: int | None = None) -> pd.DataFram
         private["status_counts"] = df["status"].value_counts().to_dict()
     else:
         idx = config.index
-        df, private = build_index(config.dicom_dir, pseudo, idx.postop_regex, idx.slice_gap_tolerance, workers)
+        df, private = build_index(config.dicom_dir, pseudo, idx.postop_regex, idx.slice_gap_tolerance, workers,
+                                  descriptors=config.privacy.descriptors)
         masks = find_masks(config.masks.dir, config.masks.pattern, private["id_map"])
     subjects = (
         df[df["status"] == "ok"].groupby("subject")
@@ -654,6 +701,8 @@ def write_private_maps(out: Outputs, private: dict[str, Any], masks: dict[str, s
     """The maps back to the patient (mode 600, in private_dir): files per series, masks, ids, paths."""
     write_json(out.series_files, private["series_files"], mode=PRIVATE_MODE)
     write_json(out.masks, masks, mode=PRIVATE_MODE)
+    # the raw free-text descriptors, for selection rules and a reviewer (results/ has the cleaned ones)
+    write_json(out.descriptors, private.get("descriptors", {}), mode=PRIVATE_MODE)
     id_rows = "".join(f"{k}\t{v}\n" for k, v in sorted(private["id_map"].items()))
     write_text(out.id_map, "subject\tpatient_id\n" + id_rows, mode=PRIVATE_MODE)
     write_text(out.file_map, "file\tpath\n" + "".join(f"{k}\t{v}\n" for k, v in sorted(private["file_map"].items())),

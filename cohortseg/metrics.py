@@ -1,11 +1,21 @@
 """Segmentation metrics in millimetres: Dice, IoU, HD95, HD, average Hausdorff, volumes.
 
-Distances are computed between surface voxels with an exact Euclidean distance transform
-that takes the voxel spacing (so anisotropic volumes are measured in mm). Conventions:
-- HD95 = max of the two directed 95th-percentile surface distances (as MONAI and medpy);
-- average Hausdorff = mean of the two directed mean surface distances;
-- an empty prediction or reference is reported in ``status``: Dice/IoU are 0 (1 when both
-  are empty) and the distances are NA with that status, never a silent NaN.
+Distances are computed between surface voxels (voxels of the mask with a 6-neighbour outside it) with
+an exact Euclidean distance transform that takes the voxel spacing, so anisotropic volumes are measured
+in mm. Conventions (``metrics`` in config):
+
+- HD95, ``metrics.hd95``: ``max_directed`` (default) = the larger of the two directed 95th-percentile
+  surface distances, as MONAI's ``compute_hausdorff_distance(percentile=95)``; ``union`` = the 95th
+  percentile of both directed distance sets pooled, as medpy's ``hd95``. They differ when one surface is
+  much larger than the other.
+- average Hausdorff = mean of the two directed mean surface distances (checked in the tests against a
+  k-d tree over the surface points).
+- An empty prediction against a non-empty reference (or the reverse) has no surface distance: it gets
+  the penalty ``metrics.empty_distance`` (default ``diagonal``: the image's diagonal in mm, the largest
+  distance the image can hold) for HD95, HD and average HD, Dice/IoU 0, and its ``status`` says why.
+  Summaries count these cases (``n_penalised``, ``penalised_share``) beside every mean, so a failed case
+  pulls a distance mean up instead of silently leaving it. Both empty: Dice/IoU 1, distances NA (nothing
+  to measure), counted in ``n_both_empty``.
 """
 
 from __future__ import annotations
@@ -20,15 +30,18 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .settings import StageConfig
+from .settings import MetricsSettings, StageConfig
 from .util import log, write_tsv
 
 
 @dataclass(frozen=True)
 class Config(StageConfig):
     labels: tuple[str, ...]
+    metrics: MetricsSettings
 
 METRICS = ["dice", "iou", "hd95", "hd", "avg_hd", "vol_ref_mm3", "vol_pred_mm3", "vol_diff_mm3", "vol_diff_pct"]
+DISTANCES = ("hd95", "hd", "avg_hd")
+PENALISED = ("empty_prediction", "empty_reference")
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -42,7 +55,18 @@ def directed_distances(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...])
     return dt[_surface(a)]
 
 
-def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], percentile: float = 95) -> dict[str, Any]:
+def hd_percentile(d_pr: np.ndarray, d_rp: np.ndarray, percentile: float, convention: str) -> float:
+    """The percentile Hausdorff distance of two directed distance sets by ``convention``."""
+    if convention == "union":  # medpy
+        return float(np.percentile(np.concatenate([d_pr, d_rp]), percentile))
+    if convention == "max_directed":  # MONAI
+        return float(max(np.percentile(d_pr, percentile), np.percentile(d_rp, percentile)))
+    raise ValueError(f"unknown HD95 convention {convention!r} (max_directed or union)")
+
+
+def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], percentile: float = 95,
+                 hd95: str = "max_directed", empty_distance: float = float("nan")) -> dict[str, Any]:
+    """Metrics of one label of one case; ``empty_distance`` (mm) is the penalty when exactly one mask is empty."""
     pred, ref = pred.astype(bool), ref.astype(bool)
     voxel = float(np.prod(spacing))
     np_, nr = int(pred.sum()), int(ref.sum())
@@ -56,7 +80,7 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], 
         return out
     if np_ == 0 or nr == 0:
         out.update(status="empty_prediction" if np_ == 0 else "empty_reference", dice=0.0, iou=0.0,
-                   hd95=np.nan, hd=np.nan, avg_hd=np.nan)
+                   hd95=empty_distance, hd=empty_distance, avg_hd=empty_distance)
         return out
     d_pr = directed_distances(pred, ref, spacing)
     d_rp = directed_distances(ref, pred, spacing)
@@ -64,27 +88,35 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], 
         status="ok",
         dice=2.0 * inter / (np_ + nr),
         iou=inter / (np_ + nr - inter),
-        hd95=float(max(np.percentile(d_pr, percentile), np.percentile(d_rp, percentile))),
+        hd95=hd_percentile(d_pr, d_rp, percentile, hd95),
         hd=float(max(d_pr.max(), d_rp.max())),
         avg_hd=float((d_pr.mean() + d_rp.mean()) / 2.0),
     )
     return out
 
 
-def evaluate_case(pred_path: str | Path, ref_path: str | Path, labels: list[str]) -> list[dict[str, Any]]:
+def penalty_distance(settings: MetricsSettings, shape: tuple[int, ...], spacing: tuple[float, ...]) -> float:
+    """``metrics.empty_distance`` in mm: the image's diagonal, or the configured number."""
+    if settings.empty_distance == "diagonal":
+        return float(np.linalg.norm(np.asarray(shape[:3], float) * np.asarray(spacing[:3], float)))
+    return float(settings.empty_distance)
+
+
+def evaluate_case(pred_path: str | Path, ref_path: str | Path, labels: list[str],
+                  settings: MetricsSettings) -> list[dict[str, Any]]:
     pred_img, ref_img = nib.load(str(pred_path)), nib.load(str(ref_path))
     if pred_img.shape != ref_img.shape or not np.allclose(pred_img.affine, ref_img.affine, atol=1e-3):
         raise ValueError(f"{pred_path}: prediction grid {pred_img.shape} differs from reference grid {ref_img.shape}")
     pred, ref = np.asanyarray(pred_img.dataobj), np.asanyarray(ref_img.dataobj)
     spacing = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
-    rows = []
-    for v, name in enumerate(labels, start=1):
-        rows.append({"label": name, **case_metrics(pred == v, ref == v, spacing)})
-    return rows
+    penalty = penalty_distance(settings, ref_img.shape, spacing)
+    return [{"label": name, **case_metrics(pred == v, ref == v, spacing, hd95=settings.hd95, empty_distance=penalty)}
+            for v, name in enumerate(labels, start=1)]
 
 
 def summarise(cases: pd.DataFrame) -> pd.DataFrame:
-    """mean, sd, median per model (each fold, the pooled cross-validation, the ensemble), label and metric."""
+    """mean, sd, median per model (each fold, the pooled cross-validation, the ensemble), label and metric,
+    with the number and share of penalised cases (one mask empty) and of cases with both masks empty."""
     groups = []
     for model, grp in cases.groupby("model", sort=True):
         groups.append((model, grp))
@@ -94,12 +126,16 @@ def summarise(cases: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for model, grp in groups:
         for label, g in grp.groupby("label", sort=False):
+            status = g["status"] if "status" in g else pd.Series("ok", index=g.index)
+            n_penalised, n_both = int(status.isin(PENALISED).sum()), int((status == "both_empty").sum())
             for m in METRICS:
                 vals = pd.to_numeric(g[m], errors="coerce").dropna()
                 rows.append({"model": model, "label": label, "metric": m, "n": len(vals), "n_cases": len(g),
                              "mean": vals.mean() if len(vals) else np.nan,
                              "sd": vals.std(ddof=1) if len(vals) > 1 else np.nan,
-                             "median": vals.median() if len(vals) else np.nan})
+                             "median": vals.median() if len(vals) else np.nan,
+                             "n_penalised": n_penalised, "penalised_share": n_penalised / len(g) if len(g) else np.nan,
+                             "n_both_empty": n_both})
     return pd.DataFrame(rows)
 
 
@@ -108,7 +144,7 @@ def run(config: Config, pairs: list[tuple[str, str, str, str]], train_infos: lis
     """``pairs``: (model, subject, prediction path, reference path)."""
     rows = []
     for model, subject, pred, ref in pairs:
-        for r in evaluate_case(pred, ref, list(config.labels)):
+        for r in evaluate_case(pred, ref, list(config.labels), config.metrics):
             rows.append({"model": model, "subject": subject, **r})
     cols = ["model", "subject", "label", "status"] + METRICS
     cases = pd.DataFrame(rows, columns=cols)
@@ -125,6 +161,8 @@ def run(config: Config, pairs: list[tuple[str, str, str, str]], train_infos: lis
     write_tsv(cases_out, cases)
     write_tsv(summary_out, summary)
     write_tsv(timing_out, pd.DataFrame(timing, columns=["step", "model", "subject", "seconds", "epochs", "device"]))
-    dice = summary[(summary["metric"] == "dice")][["model", "label", "n", "mean", "sd", "median"]]
-    log.info("Dice:\n%s", dice.to_string(index=False))
+    shown = summary[summary["metric"].isin(["dice", "hd95"])][["model", "label", "metric", "n", "mean", "sd", "median",
+                                                                 "n_penalised"]]
+    log.info("Dice and HD95 (%s; one mask empty: %s):\n%s", config.metrics.hd95, config.metrics.empty_distance,
+             shown.to_string(index=False))
     return cases

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .settings import ConvertSettings, PrepareSettings, PreprocessSettings, PseudonymSettings, StageConfig
+from .settings import (ConvertSettings, PrepareSettings, PreprocessSettings, PrivacySettings, PseudonymSettings,
+                       StageConfig)
 from .util import read_tsv, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Config(StageConfig):
     labels: tuple[str, ...]
     prepare: PrepareSettings
     pseudonym: PseudonymSettings
+    privacy: PrivacySettings
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ def prepare_subject(config: Config, code: str, subject: str, row: dict[str, Any]
         return {"status": "ok", "skipped": True, "seconds": 0.0, "files": out}
     stamp.unlink(missing_ok=True)
     try:
-        convert_subject(config.source, config.convert.tool, subject, row, files, out["image"], out["sidecar"])
+        convert_subject(config.source, config.convert.tool, subject, row, files, out["image"], out["sidecar"],
+                        config.privacy.descriptors)
         if mask is not None:
             mask_subject(len(config.labels), subject, out["image"], mask, out["label"])
             preprocess(config.preprocess, len(config.labels), subject, out["image"], out["label"], out["preproc_image"],

@@ -32,7 +32,8 @@ from typing import Any
 
 import pandas as pd
 
-from .settings import SelectSettings, StageConfig
+from .descriptors import KEEP_WARNING, SERIES_DESCRIPTORS
+from .settings import PrivacySettings, SelectSettings, StageConfig
 from .util import log, read_tsv, write_text, write_tsv
 
 
@@ -40,6 +41,7 @@ from .util import log, read_tsv, write_text, write_tsv
 class Config(StageConfig):
     source: str
     select: SelectSettings
+    privacy: PrivacySettings
 
 Condition = Mapping[str, Any]
 REASON_TEXT = {
@@ -317,9 +319,41 @@ def load_hook(spec: str | None) -> Callable[[pd.DataFrame], pd.DataFrame] | None
     return getattr(mod, func or "select_hook")
 
 
+def with_raw_descriptors(series: pd.DataFrame, descriptors_json: str | Path | None) -> pd.DataFrame:
+    """The series table with its free-text columns as the headers had them (from private_dir), so the
+    rules see the raw text; only in memory."""
+    if descriptors_json is None or not Path(descriptors_json).exists():
+        return series
+    import json
+
+    raw = json.loads(Path(descriptors_json).read_text())
+    out = series.copy()
+    for col in SERIES_DESCRIPTORS:
+        if col in out:
+            out[col] = [raw.get(s, {}).get(col, v) for s, v in zip(out["series"], out[col])]
+    return out
+
+
+def with_public_descriptors(table: pd.DataFrame, public: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (rows of the series table) with the free-text columns of ``public`` (what results/ may hold)."""
+    if table.empty:
+        return table
+    shown = public.drop_duplicates("series").set_index("series")
+    shown[[c for c in SERIES_DESCRIPTORS if c in shown]] = shown[[c for c in SERIES_DESCRIPTORS if c in shown]].fillna("")
+    out = table.copy()
+    for col in SERIES_DESCRIPTORS:
+        if col in out and col in shown:
+            out[col] = [shown[col].get(s, "") for s in out["series"]]
+    return out
+
+
 def run(config: Config, series_tsv: str | Path, subjects_tsv: str | Path, included_tsv: str | Path,
-        excluded_tsv: str | Path, summary_tsv: str | Path, summary_txt: str | Path) -> pd.DataFrame:
-    series = read_tsv(series_tsv)
+        excluded_tsv: str | Path, summary_tsv: str | Path, summary_txt: str | Path,
+        descriptors_json: str | Path | None = None) -> pd.DataFrame:
+    """Apply the rules (on the raw descriptors of ``descriptors_json``, in memory) and write the audit
+    (with the public descriptors)."""
+    public = read_tsv(series_tsv)
+    series = with_raw_descriptors(public, descriptors_json)
     subjects = read_tsv(subjects_tsv)
     with_mask = set(subjects.loc[subjects["has_mask"].astype(str).str.lower() == "true", "subject"])
     if config.source == "nifti":
@@ -334,6 +368,9 @@ def run(config: Config, series_tsv: str | Path, subjects_tsv: str | Path, includ
         rules = effective_rules(sel)
         included, excluded = select(series, rules, list(sel.tie_break), with_mask, hook, sel.tilt_tolerance_deg)
         table, text = summarise(series, included, excluded, [r["reason"] for r in rules])
+    included, excluded = with_public_descriptors(included, public), with_public_descriptors(excluded, public)
+    if config.privacy.descriptors == "keep" and config.source != "nifti":
+        text = KEEP_WARNING + "\n" + text
     if included.empty:
         write_tsv(excluded_tsv, excluded)
         write_text(summary_txt, text)

@@ -51,10 +51,10 @@ def _convert(tp: Any, value: Any) -> Any:
     """``value`` (from the validated dict) as the annotated type ``tp``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(inner, value)
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or len(inner) != 1:  # a choice of plain types (str | float): the value as validated
+            return value
+        return _convert(inner[0], value)
     if isinstance(tp, type) and issubclass(tp, Settings):
         return tp.from_dict(value)
     if origin is tuple:
@@ -94,6 +94,11 @@ class MaskSettings(Settings):
 class PseudonymSettings(Settings):
     prefix: str
     length: int
+
+
+@dataclass(frozen=True)
+class PrivacySettings(Settings):
+    descriptors: str
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,12 @@ class InferSettings(Settings):
 
 
 @dataclass(frozen=True)
+class MetricsSettings(Settings):
+    hd95: str
+    empty_distance: str | float
+
+
+@dataclass(frozen=True)
 class ExportSettings(Settings):
     enabled: bool
     tolerance: float
@@ -241,10 +252,11 @@ class ResourcesSettings(Settings):
 # top-level key -> its type (sections and plain values); a test checks this against the schema
 SECTIONS: dict[str, Any] = {
     "study": str, "dicom_dir": str, "source": str, "nifti": NiftiSettings, "masks": MaskSettings, "private_dir": str,
-    "seed": int, "deterministic": bool, "pseudonym": PseudonymSettings, "index": IndexSettings,
+    "seed": int, "deterministic": bool, "pseudonym": PseudonymSettings, "privacy": PrivacySettings,
+    "index": IndexSettings,
     "select": SelectSettings, "convert": ConvertSettings, "labels": tuple[str, ...], "preprocess": PreprocessSettings,
     "prepare": PrepareSettings, "split": SplitSettings, "train": TrainSettings, "infer": InferSettings,
-    "export": ExportSettings, "report": ReportSettings, "repro": ReproSettings, "resources": ResourcesSettings,
+    "metrics": MetricsSettings, "export": ExportSettings, "report": ReportSettings, "repro": ReproSettings, "resources": ResourcesSettings,
 }
 
 S = TypeVar("S", bound="StageConfig")
@@ -290,6 +302,7 @@ class StudyConfig(StageConfig):
     seed: int
     deterministic: bool
     pseudonym: PseudonymSettings
+    privacy: PrivacySettings
     index: IndexSettings
     select: SelectSettings
     convert: ConvertSettings
@@ -299,6 +312,7 @@ class StudyConfig(StageConfig):
     split: SplitSettings
     train: TrainSettings
     infer: InferSettings
+    metrics: MetricsSettings
     export: ExportSettings
     report: ReportSettings
     repro: ReproSettings

@@ -10,6 +10,7 @@ rule index:
         masks=f"{PRIV}/masks.json",
         id_map=f"{PRIV}/id_map.tsv",
         file_map=f"{PRIV}/file_map.tsv",
+        descriptors=f"{PRIV}/descriptors.json",
     params:
         code=fingerprint("index"),
     log:

@@ -3,6 +3,8 @@ checkpoint select:
     input:
         series="results/cohort/series.tsv",
         subjects="results/cohort/subjects.tsv",
+        # the raw free-text descriptors the rules see (results/ holds the cleaned ones)
+        descriptors=f"{PRIV}/descriptors.json",
     output:
         included=report(
             "results/cohort/included.tsv",

@@ -1,5 +1,6 @@
 """Shared fixtures. Data under ../shared is read in place; tests that need it skip without it,
-except under CI (CI=true), where its absence is a failure."""
+except under CI (CI=true/1/yes), where its absence is a failure, as is any other skip that would hide one
+(:func:`skip_or_fail`)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("COHORTSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def under_ci() -> bool:
+    """CI=true, 1 or yes (any case): what GitHub, GitLab, Jenkins and our .ci/run set."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def skip_or_fail(why: str) -> None:
+    """Skip here; under CI a missing prerequisite is a failure, never a silent skip."""
+    if under_ci():
+        pytest.fail(f"under CI: {why}")
+    pytest.skip(why)
+
+
 def need_shared(sub: str = "") -> Path:
     path = SHARED / sub
     if not path.exists():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"shared data {path} is missing under CI")
-        pytest.skip(f"shared data {path} not present (see shared/README.md)")
+        skip_or_fail(f"shared data {path} not present (see shared/README.md)")
     return path
 
 

@@ -9,10 +9,9 @@ import tomllib
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import yaml
 
-from .conftest import REPO
+from .conftest import REPO, skip_or_fail
 
 LOCKS = {"linux-64": REPO / "envs" / "locks" / "linux-64.txt", "linux-aarch64": REPO / "envs" / "locks" / "linux-aarch64.txt"}
 # source-only on PyPI, pure Python (no compiled code): installs on any platform
@@ -68,7 +67,7 @@ def test_aarch64_lock_is_wheels_only():
     try:
         urllib.request.urlopen("https://pypi.org/simple/", timeout=10).close()
     except OSError as exc:
-        pytest.skip(f"PyPI not reachable: {exc}")
+        skip_or_fail(f"PyPI not reachable: {exc}")
     pins = _pins(LOCKS["linux-aarch64"])
     with ThreadPoolExecutor(8) as pool:
         files = dict(zip(pins, pool.map(lambda kv: _files(*kv), pins.items())))

@@ -29,7 +29,7 @@ def test_converted_targets_match_generator_world_space(tiny_cohort, indexed, too
     """Every target T1c (axial, oblique, sagittal) converts onto the grid of the mask the generator wrote."""
     df, private, pseudo = indexed
     masks = {pseudo.subject(p.name.split("_lesion")[0]): p for p in (tiny_cohort / "masks").glob("*.nii.gz")}
-    targets = df[(df["series_description"].str.contains(r"\+C$")) & (df["n_slices"] > 30) & (~df["postop"])
+    targets = df[(df["series_description"].str.contains(r"MPRAGE \+C")) & (df["n_slices"] > 30) & (~df["postop"])
                  & (df["missing_slices"] == 0)]
     planes = set()
     for _, row in targets.iterrows():

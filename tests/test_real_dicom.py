@@ -327,3 +327,43 @@ def test_saved_conversion_keeps_stored_values_and_scale(tmp_path):
     saved = nib.load(str(tmp_path / "ct.nii.gz"))
     assert (saved.dataobj.slope, saved.dataobj.inter) == (img.dataobj.slope, img.dataobj.inter) == (1.0, -1024.0)
     np.testing.assert_array_equal(np.asanyarray(saved.dataobj), np.asanyarray(img.dataobj))
+
+
+def test_blank_uids_and_patient_id_are_grouped_not_unreadable(tmp_path: Path) -> None:
+    """An anonymised export that blanked StudyInstanceUID, SeriesInstanceUID and PatientID (a real Philips
+    CT study: localizer, 28-slice axial series, secondary capture): every file pydicom reads is indexed, the
+    series are found again by the documented fallback key, flagged missing_uid, and the axial series
+    converts to the same volume as with its UIDs."""
+    src = need_shared("dicom/dcm_qa_ct/Philips_S21570_study_subset/In")
+    blank = tmp_path / "export" / "study"
+    for series_dir in sorted(src.iterdir()):
+        for f in sorted(series_dir.iterdir()):
+            dst = blank / series_dir.name / f.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if f.name == "DIRFILE":
+                shutil.copy2(f, dst)
+                continue
+            ds = pydicom.dcmread(f)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.PatientID = "", "", ""
+            ds.save_as(dst)
+    pseudo = Pseudonymiser(b"u" * 32)
+    ref_df, _ = build_index(src.parent / "In", pseudo, "x^", 0.2)
+    df, private = build_index(tmp_path / "export", pseudo, "x^", 0.2)
+    ok = df[df["status"] == "ok"]
+    assert "unreadable" not in set(df["status"]), df[["series", "status"]]
+    assert set(df["status"]) == set(ref_df["status"]) and len(ok) == int((ref_df["status"] == "ok").sum())
+    assert set(ok["missing_uid"]) == {"patient_id+study_uid+series_uid"}
+    assert set(ref_df.loc[ref_df["status"] == "ok", "missing_uid"]) == {""}
+    # one study, so one subject; the same series shapes as with the UIDs
+    assert ok["subject"].nunique() == 1 and ok["study"].nunique() == 1
+    key = ["n_files", "n_slices", "modality", "plane", "sop_class"]
+    assert sorted(map(tuple, ok[key].to_numpy().tolist())) == sorted(
+        map(tuple, ref_df.loc[ref_df["status"] == "ok", key].to_numpy().tolist()))
+    assert list(private["id_map"].values())[0].startswith("no-patient-id:")
+    axial = ok.sort_values("n_slices").iloc[-1]
+    img, meta = convert_series(private["series_files"][axial["series"]], "dcm2niix")
+    ref_series = ref_df[(ref_df["status"] == "ok")].sort_values("n_slices").iloc[-1]
+    _, ref_private = build_index(src.parent / "In", pseudo, "x^", 0.2)
+    ref_img, _ = convert_series(ref_private["series_files"][ref_series["series"]], "dcm2niix")
+    assert img.shape == ref_img.shape and np.allclose(img.affine, ref_img.affine, atol=1e-4)
+    assert np.array_equal(np.asanyarray(img.dataobj), np.asanyarray(ref_img.dataobj))
