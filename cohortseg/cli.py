@@ -75,20 +75,23 @@ def cmd_preprocess(a: argparse.Namespace) -> None:
 
 def cmd_prepare(a: argparse.Namespace) -> None:
     from .codehash import fingerprint
-    from .prepare import Config, Folders, run, shard_of
+    from .prepare import SUBJECT_SECTIONS, Config, Folders, run, shard_bits, shard_of
+    from .util import read_tsv
 
     cfg = _cfg(a)
     config = Config.from_config(cfg)
     priv = Path(cfg["private_dir"])
-    prefix, digits = config.pseudonym.prefix, config.prepare.shard_digits
+    prefix = config.pseudonym.prefix
+    bits = shard_bits(len(read_tsv(a.included)), config.prepare.subjects_per_job)
     if bool(a.shard) == bool(a.subjects):
         raise ValueError("give either subjects or --shard")
     todo: dict[str, list[str] | None] = {a.shard: None} if a.shard else {}
     for s in a.subjects:
-        todo.setdefault(shard_of(s, prefix, digits), []).append(s)  # type: ignore[union-attr]
+        todo.setdefault(shard_of(s, prefix, bits), []).append(s)  # type: ignore[union-attr]
     for shard, only in todo.items():
         manifest = Path(a.manifests) / f"{shard}.json" if only is None else None
-        m = run(config, shard, a.included, priv / "series_files.json", priv / "masks.json", manifest, fingerprint("prepare", cfg),
+        stamp = fingerprint("prepare", cfg, SUBJECT_SECTIONS)
+        m = run(config, shard, a.included, priv / "series_files.json", priv / "masks.json", manifest, stamp,
                 Folders(a.nifti, a.preproc), a.threads, only=only, force=a.force or only is not None)
         print(f"shard {shard}: {m['n_subjects']} subjects, {m['n_prepared']} prepared, "
               f"{m['n_subjects'] - m['n_prepared']} up to date")

@@ -114,7 +114,8 @@ def section_hash(cfg: Mapping[str, Any], *keys: str) -> str:
     return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def fingerprint(stage: str, cfg: Mapping[str, Any]) -> str:
-    """A rule's ``params: code``: the stage's code hash and the hash of the config sections it declares.
-    The same value for ``snakemake`` and for ``cohortseg prepare`` (whose subjects' stamps hold it)."""
-    return f"{stage_hash(stage)}-{section_hash(cfg, *config_sections(stage))}"
+def fingerprint(stage: str, cfg: Mapping[str, Any], sections: tuple[str, ...] | None = None) -> str:
+    """A rule's ``params: code``: the stage's code hash and the hash of the config sections it declares
+    (or of ``sections``: prepare's subject stamps hash only those that shape a subject's files). The same
+    value for ``snakemake`` and for ``cohortseg prepare``."""
+    return f"{stage_hash(stage)}-{section_hash(cfg, *(sections or config_sections(stage)))}"

@@ -39,9 +39,6 @@ def check_semantics(cfg: dict[str, Any]) -> None:
         out = Path(shared).resolve()
         if priv == out or out in priv.parents:
             raise ConfigError(f"private_dir {cfg['private_dir']!r} must lie outside {shared}/")
-    if cfg["prepare"]["shard_digits"] > cfg["pseudonym"]["length"]:
-        raise ConfigError(f"prepare.shard_digits ({cfg['prepare']['shard_digits']}) exceeds pseudonym.length "
-                          f"({cfg['pseudonym']['length']})")
     if cfg["source"] == "nifti" and not (cfg["nifti"]["images"] or cfg["nifti"]["table"]):
         raise ConfigError("source: nifti needs nifti.images (a folder) or nifti.table (a TSV of paths)")
     train = cfg["train"]

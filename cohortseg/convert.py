@@ -15,14 +15,18 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nibabel as nib
+if TYPE_CHECKING:  # pydicom is imported where a DICOM header is read (a NIfTI cohort never pays its import)
+    import pydicom
+
 import numpy as np
-import pydicom
 
 from .descriptors import IDENTIFYING_TAGS, SIDECAR_DESCRIPTORS, identifiers, public
-from .util import log, save_nifti, write_json
+from .util import import_nibabel, log, save_nifti, write_json
+
+nib = import_nibabel()
+
 
 SIDECAR_TAGS = [
     "Modality", "Manufacturer", "ManufacturerModelName", "MagneticFieldStrength", "RepetitionTime",
@@ -37,6 +41,8 @@ class ConversionError(RuntimeError):
 
 
 def _plain(v: Any) -> Any:
+    import pydicom
+
     if isinstance(v, pydicom.multival.MultiValue):
         return [_plain(x) for x in v]
     if isinstance(v, (pydicom.valuerep.DSfloat, pydicom.valuerep.IS, float, int)):
@@ -72,6 +78,8 @@ def _link_anonymously(files: list[str], tmp: Path) -> list[Path]:
 
 def _dicom2nifti(links: list[Path], out: Path) -> Path:
     import dicom2nifti.convert_dicom as cd
+
+    import pydicom
 
     datasets = [pydicom.dcmread(str(p)) for p in links]
     target = out / "image.nii"  # uncompressed: it is read back once and compressed only on the final save
@@ -165,6 +173,8 @@ def convert_series(files: list[str], tool: str, correction: str = "", allow_4d: 
 
 def _run_converter(files: list[str], tool: str, correction: str) -> dict[str, Any]:
     """The converter on anonymously named links to ``files``: stored values, scale, affine, first header."""
+    import pydicom
+
     fallback = None
     with tempfile.TemporaryDirectory(prefix="cohortseg-convert-") as t:
         tmp = Path(t)
@@ -258,13 +268,12 @@ def import_mask(mask_path: str, image: nib.Nifti1Image, n_labels: int) -> tuple[
 
 
 def included_row(included_tsv: str | Path, subject: str) -> dict[str, Any]:
-    from .util import read_tsv
+    from .util import read_rows
 
-    df = read_tsv(included_tsv)
-    rows = df[df["subject"] == subject]
-    if rows.empty:
+    rows = [r for r in read_rows(included_tsv) if r["subject"] == subject]
+    if not rows:
         raise ConversionError(f"{subject} is not in {included_tsv}")
-    return rows.iloc[0].to_dict()
+    return rows[0]
 
 
 def run(source: str, tool: str, subject: str, included_tsv: str | Path, series_files_json: str | Path,

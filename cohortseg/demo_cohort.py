@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, SecondaryCaptureImageStorage, generate_uid
 
-from .util import log, save_nifti
+from .util import import_nibabel, log, save_nifti
+
+nib = import_nibabel()
+
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 FIRST_NAMES = ["ANNA", "BEN", "CLARA", "DAVID", "EMMA", "FELIX", "GRETA", "HUGO", "IRIS", "JONAS", "KAI", "LENA"]
@@ -390,10 +392,11 @@ def _typed(spec: SeriesSpec, n: int, patient: dict[str, str], first: str, study:
     last = patient["PatientName"].split("^")[0]
     typed: dict[str, Any] = {"ImageComments": f"comment {m('COMMENT')}", "OperatorsName": f"OPER{m('OPER')}",
                              "StationName": f"ST{m('STATION')}", (0x0029, 0x1010, "LO"): f"private {m('PRIVATE')}"}
+    # within the 64 characters of a LO value, as a scanner's console allows
     if spec.target:
-        typed["description"] = f"{first.lower()} {last} {patient['PatientID']} {d[6:]}.{d[4:6]}.{d[:4]}"
+        typed["description"] = f"{first.lower()} {last} {d[6:]}.{d[4:6]}.{d[:4]}"
     elif n == 2:
-        typed["description"] = f"{last.upper()}, {first.upper()} {d[:4]}-{d[4:6]}-{d[6:]}"
+        typed["description"] = f"{patient['PatientID']} {last.upper()} {d[:4]}-{d[4:6]}-{d[6:]}"
     return typed
 
 

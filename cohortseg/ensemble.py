@@ -2,16 +2,17 @@
 
 A missing fold, a fold file holding another fold, folds that disagree in labels, patch size or
 architecture, or a model file changed after the manifest was written are errors: an ensemble is
-never silently built from fewer or different folds.
+never silently built from fewer or different folds. Each fold's metadata is read from the
+``train.json`` its training job wrote beside ``model.pt`` (the same record the model file holds), so
+this light job does not import torch; the model file's SHA-256 binds the two, and inference checks it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .settings import SplitSettings, StageConfig
 from .util import sha256_file as sha256
@@ -29,10 +30,10 @@ def build_ensemble(fold_models: list[str], n_folds: int, out: str | Path) -> dic
         raise ValueError(f"ensemble needs all {n_folds} declared folds, got {len(fold_models)}")
     entries, ref_meta = [], None
     for k, path in enumerate(fold_models):
-        if not Path(path).exists():
+        info = Path(path).parent / "train.json"
+        if not Path(path).exists() or not info.exists():
             raise FileNotFoundError(f"fold {k} model {path} is missing: an ensemble is never built from fewer folds")
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        meta = blob["meta"]
+        meta = json.loads(info.read_text())
         if meta["fold"] != k:
             raise ValueError(f"{path} holds fold {meta['fold']}, expected fold {k}")
         key = (tuple(meta["labels"]), tuple(meta["size"]), meta["train"]["model"])

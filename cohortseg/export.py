@@ -181,7 +181,9 @@ def _strip_stack_traces(path: Path) -> None:
 def test_volume(size: list[int], volume: str | Path | None, seed: int) -> torch.Tensor:
     """A preprocessed test image (B=1, C=1) or, without one, a seeded normal volume 1.5x the window."""
     if volume is not None:
-        import nibabel as nib
+        from .util import import_nibabel
+
+        nib = import_nibabel()
 
         data = np.asanyarray(nib.load(str(volume)).dataobj).astype(np.float32)
         return torch.from_numpy(data)[None, None]

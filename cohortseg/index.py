@@ -27,12 +27,13 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pydicom reads only what the fast scanner hands back (cohortseg.dicomscan): imported then
+    import pydicom
 
 import numpy as np
 import pandas as pd
-import pydicom
-from pydicom.errors import InvalidDicomError
 
 from .dicomscan import CHARSET_TAG, CSA_IMAGE_TAG, GEOMETRY, MOSAIC_TAG, Fallback, scan
 from .dicomscan import TAGS as SCAN_TAGS
@@ -102,6 +103,8 @@ class FileHeader:
 
 
 def _value(ds: pydicom.Dataset, name: str) -> Any:
+    import pydicom
+
     v = ds.get(name)
     if v is None:
         return None
@@ -119,6 +122,8 @@ def _floats(v: Any) -> list[float] | None:
 
 def _first(seq: Any, *names: str) -> Any:
     """seq[0].names[0]...[0].last (functional group lookups), or None."""
+    import pydicom
+
     cur = seq
     for name in names:
         if cur is None:
@@ -132,6 +137,8 @@ def _first(seq: Any, *names: str) -> Any:
 
 
 def _frame_geometry(ds: pydicom.Dataset, tags: dict[str, Any]) -> None:
+    import pydicom
+
     """Enhanced multi-frame: orientation, spacing and per-frame positions from the functional groups."""
     shared = ds.get("SharedFunctionalGroupsSequence")
     per = ds.get("PerFrameFunctionalGroupsSequence")
@@ -213,6 +220,9 @@ def read_header_pydicom(path: str) -> FileHeader:
 
     Reads up to the pixel data and no further, then checks the pixel data element's length
     against the file size, so a file cut short in transfer is caught here, not at conversion."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as fh:
@@ -240,32 +250,38 @@ def read_header_pydicom(path: str) -> FileHeader:
         return FileHeader(path, "unreadable", {})
     if pixels == "truncated":
         return FileHeader(path, "truncated", {})
-    tags: dict[str, Any] = {"TransferSyntaxUID": str(ts) if ts else "", "HasPixelData": pixels == "ok"}
     try:
-        for name, vr in _BY_KEYWORD.items():
-            v = _value(ds, name)
-            if v is None or v == "":
-                continue
-            if name in GEOMETRY:
-                v = [float(x) for x in v]
-            elif vr == "DS":
-                v = float(v)
-            elif vr in ("IS", "US"):
-                v = int(v)
-            elif isinstance(v, list) or name == "ImageType":  # multi-valued text: as the file holds it
-                v = "\\".join(str(x) for x in (v if isinstance(v, list) else [v]))
-            else:
-                v = str(v)
-            tags[name] = v
-        if "MOSAIC" in str(tags.get("ImageType", "")).upper():
-            n = _mosaic_images(ds)
-            if n > 1:
-                tags["MosaicImages"] = n
-        if int(tags.get("NumberOfFrames", 1)) > 1:
-            _frame_geometry(ds, tags)
+        tags = tags_of_dataset(ds, str(ts) if ts else "", pixels == "ok")
     except Exception:
         return FileHeader(path, "unreadable", {})
     return FileHeader(path, "ok", tags)
+
+
+def tags_of_dataset(ds: Any, ts: str, has_pixels: bool) -> dict[str, Any]:
+    """The index's tags from a pydicom dataset, typed as the fast scanner types them."""
+    tags: dict[str, Any] = {"TransferSyntaxUID": ts, "HasPixelData": has_pixels}
+    for name, vr in _BY_KEYWORD.items():
+        v = _value(ds, name)
+        if v is None or v == "":
+            continue
+        if name in GEOMETRY:
+            v = [float(x) for x in v]
+        elif vr == "DS":
+            v = float(v)
+        elif vr in ("IS", "US"):
+            v = int(v)
+        elif isinstance(v, list) or name == "ImageType":  # multi-valued text: as the file holds it
+            v = "\\".join(str(x) for x in (v if isinstance(v, list) else [v]))
+        else:
+            v = str(v)
+        tags[name] = v
+    if "MOSAIC" in str(tags.get("ImageType", "")).upper():
+        n = _mosaic_images(ds)
+        if n > 1:
+            tags["MosaicImages"] = n
+    if int(tags.get("NumberOfFrames", 1)) > 1:
+        _frame_geometry(ds, tags)
+    return tags
 
 
 def _mosaic_images(ds: pydicom.Dataset) -> int:
@@ -334,6 +350,8 @@ def _plane(normal: np.ndarray) -> tuple[str, float]:
 
 
 def sop_class_name(uid: str | None) -> str:
+    import pydicom
+
     if not uid:
         return "unknown"
     if uid in SECONDARY_CAPTURE_CLASSES:
@@ -359,6 +377,8 @@ def decodable(ts_uid: str) -> bool:
 
 
 def _ts_name(uid: str) -> str:
+    import pydicom
+
     try:
         return str(pydicom.uid.UID(uid).keyword or uid) if uid else "ImplicitVRLittleEndian"
     except Exception:

@@ -19,16 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
-import torchio as tio
 
 from .model import discretise, load_ensemble, load_model, probabilities
-from .preprocess import check_image, inference_transform, load_subject
+from .preprocess import Volume, check_image, inference_volume, limit_threads, resample_like
 from .settings import InferSettings, PreprocessSettings, StageConfig
-from .util import log, resolve_device, save_nifti, seed_everything, set_threads, write_json
+from .util import import_nibabel, log, resolve_device, save_nifti, seed_everything, set_threads, write_json
+
 from .window import model_padding, sliding_window
+
+nib = import_nibabel()
 
 
 @dataclass(frozen=True)
@@ -72,14 +73,13 @@ def predict(predictors: list[Predictor], meta: dict[str, Any], settings: InferSe
     window ``size``, ``preprocess`` and ``input_padding`` of the model file or export)."""
     n_labels = len(meta["labels"])
     padding = model_padding(meta, str(meta.get("source", "model")))
-    subj = load_subject(image_path)
-    check_image(subj["image"], str(Path(image_path).parent.name))
     # the model's own preprocessing, so a model folder is self-contained
-    pre = inference_transform(PreprocessSettings.from_dict(meta["preprocess"]))(subj)
-    x = pre["image"][tio.DATA][None].float().to(device)
+    source, pre = inference_volume(image_path, PreprocessSettings.from_dict(meta["preprocess"]))
+    check_image(source.data, str(Path(image_path).parent.name))
+    x = torch.from_numpy(pre.data)[None, None].float().to(device)
     probs = average_probabilities(predictors, x, meta["size"], padding, settings.overlap, settings.mode,
                                   settings.tta_flip)[0]
-    label = to_source_space(probs, pre["image"].affine, subj["image"], n_labels, settings.threshold)
+    label = to_source_space(probs, pre.affine, source, n_labels, settings.threshold)
     src = nib.load(str(image_path))
     if label.shape != src.shape[:3]:
         raise RuntimeError(f"prediction shape {label.shape} does not match the source {src.shape}")
@@ -92,13 +92,12 @@ def predict(predictors: list[Predictor], meta: dict[str, Any], settings: InferSe
     return out, info
 
 
-def to_source_space(probs: torch.Tensor, affine: np.ndarray, source: tio.ScalarImage, n_labels: int,
+def to_source_space(probs: torch.Tensor, affine: np.ndarray, source: Volume, n_labels: int,
                     threshold: float) -> np.ndarray:
     """Probability maps (C, ...) on the grid ``affine`` resampled linearly through world space onto the
     source image's grid, then discretised (threshold for one label, argmax otherwise)."""
-    prob_img = tio.ScalarImage(tensor=probs, affine=affine)
-    back = tio.Resample(source, image_interpolation="linear")(prob_img)
-    return discretise(back.data[None], n_labels, threshold)[0, 0].numpy().astype(np.uint8)
+    back = resample_like(probs.numpy().astype(np.float32), affine, source, "linear")
+    return discretise(torch.from_numpy(back)[None], n_labels, threshold)[0, 0].numpy().astype(np.uint8)
 
 
 def load_predictors(model_paths: list[str] | None, manifest_path: str | Path | None, exported: str | Path | None,
@@ -129,6 +128,7 @@ def run(config: Config, model_name: str, cases: list[tuple[str, str, str, str]],
     Models are loaded once per call, so a fold's whole validation set is one job (MONAI alone takes
     several seconds to import)."""
     set_threads(threads)
+    limit_threads(threads)
     seed_everything(config.seed, config.deterministic)
     device = torch.device("cpu") if exported is not None else resolve_device(config.infer.device)
     t_load = time.time()

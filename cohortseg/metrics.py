@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
 from .settings import MetricsSettings, StageConfig
-from .util import log, write_tsv
+from .util import format_cell, import_nibabel, log, write_rows
+
+nib = import_nibabel()
 
 
 @dataclass(frozen=True)
@@ -114,55 +114,72 @@ def evaluate_case(pred_path: str | Path, ref_path: str | Path, labels: list[str]
             for v, name in enumerate(labels, start=1)]
 
 
-def summarise(cases: pd.DataFrame) -> pd.DataFrame:
+def _number(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f
+
+
+def summarise(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """mean, sd, median per model (each fold, the pooled cross-validation, the ensemble), label and metric,
-    with the number and share of penalised cases (one mask empty) and of cases with both masks empty."""
-    groups = []
-    for model, grp in cases.groupby("model", sort=True):
-        groups.append((model, grp))
-    folds = cases[cases["model"].str.startswith("fold")]
-    if folds["model"].nunique() > 1:
+    with the number and share of penalised cases (one mask empty) and of cases with both masks empty.
+    (Plain Python over the rows: the metrics job does not import pandas, a second of its start-up.)"""
+    models = sorted({c["model"] for c in cases})
+    groups = [(m, [c for c in cases if c["model"] == m]) for m in models]
+    folds = [c for c in cases if str(c["model"]).startswith("fold")]
+    if len({c["model"] for c in folds}) > 1:
         groups.append(("cv_pooled", folds))
     rows = []
     for model, grp in groups:
-        for label, g in grp.groupby("label", sort=False):
-            status = g["status"] if "status" in g else pd.Series("ok", index=g.index)
-            n_penalised, n_both = int(status.isin(PENALISED).sum()), int((status == "both_empty").sum())
+        for label in dict.fromkeys(c["label"] for c in grp):
+            g = [c for c in grp if c["label"] == label]
+            status = [c.get("status", "ok") for c in g]
+            n_penalised, n_both = sum(s in PENALISED for s in status), status.count("both_empty")
             for m in METRICS:
-                vals = pd.to_numeric(g[m], errors="coerce").dropna()
+                vals = np.array([v for v in (_number(c.get(m)) for c in g) if not np.isnan(v)])
                 rows.append({"model": model, "label": label, "metric": m, "n": len(vals), "n_cases": len(g),
-                             "mean": vals.mean() if len(vals) else np.nan,
-                             "sd": vals.std(ddof=1) if len(vals) > 1 else np.nan,
-                             "median": vals.median() if len(vals) else np.nan,
-                             "n_penalised": n_penalised, "penalised_share": n_penalised / len(g) if len(g) else np.nan,
+                             "mean": float(vals.mean()) if len(vals) else np.nan,
+                             "sd": float(vals.std(ddof=1)) if len(vals) > 1 else np.nan,
+                             "median": float(np.median(vals)) if len(vals) else np.nan,
+                             "n_penalised": n_penalised, "penalised_share": n_penalised / len(g) if g else np.nan,
                              "n_both_empty": n_both})
-    return pd.DataFrame(rows)
+    return rows
+
+
+SUMMARY_COLUMNS = ["model", "label", "metric", "n", "n_cases", "mean", "sd", "median", "n_penalised", "penalised_share",
+                   "n_both_empty"]
+CASE_COLUMNS = ["model", "subject", "label", "status"] + METRICS
+TIMING_COLUMNS = ["step", "model", "subject", "seconds", "epochs", "device"]
+
+
+def timing_rows(train_infos: list[str], pred_infos: list[str]) -> list[dict[str, Any]]:
+    """Training time per fold and prediction time per case, from train.json and the predictions' JSON."""
+    rows = []
+    for p in train_infos:
+        info = json.loads(Path(p).read_text())
+        rows.append({"step": "train", "model": f"fold{info['fold']}", "subject": "", "seconds": info["train_seconds_total"],
+                     "epochs": info["epochs_run"], "device": info["device"]})
+    for p in pred_infos:
+        info = json.loads(Path(p).read_text())
+        rows.append({"step": "predict", "model": info["model"], "subject": info["subject"], "seconds": info["seconds"],
+                     "epochs": None, "device": info["device"]})
+    return rows
 
 
 def run(config: Config, pairs: list[tuple[str, str, str, str]], train_infos: list[str], pred_infos: list[str],
-        cases_out: str | Path, summary_out: str | Path, timing_out: str | Path) -> pd.DataFrame:
-    """``pairs``: (model, subject, prediction path, reference path)."""
-    rows = []
-    for model, subject, pred, ref in pairs:
-        for r in evaluate_case(pred, ref, list(config.labels), config.metrics):
-            rows.append({"model": model, "subject": subject, **r})
-    cols = ["model", "subject", "label", "status"] + METRICS
-    cases = pd.DataFrame(rows, columns=cols)
+        cases_out: str | Path, summary_out: str | Path, timing_out: str | Path) -> list[dict[str, Any]]:
+    """``pairs``: (model, subject, prediction path, reference path); returns the per-case rows."""
+    cases = [{"model": model, "subject": subject, **r} for model, subject, pred, ref in pairs
+             for r in evaluate_case(pred, ref, list(config.labels), config.metrics)]
     summary = summarise(cases)
-    timing = []
-    for p in train_infos:
-        info = json.loads(Path(p).read_text())
-        timing.append({"step": "train", "model": f"fold{info['fold']}", "subject": "", "seconds": info["train_seconds_total"],
-                       "epochs": info["epochs_run"], "device": info["device"]})
-    for p in pred_infos:
-        info = json.loads(Path(p).read_text())
-        timing.append({"step": "predict", "model": info["model"], "subject": info["subject"], "seconds": info["seconds"],
-                       "epochs": np.nan, "device": info["device"]})
-    write_tsv(cases_out, cases)
-    write_tsv(summary_out, summary)
-    write_tsv(timing_out, pd.DataFrame(timing, columns=["step", "model", "subject", "seconds", "epochs", "device"]))
-    shown = summary[summary["metric"].isin(["dice", "hd95"])][["model", "label", "metric", "n", "mean", "sd", "median",
-                                                                 "n_penalised"]]
-    log.info("Dice and HD95 (%s; one mask empty: %s):\n%s", config.metrics.hd95, config.metrics.empty_distance,
-             shown.to_string(index=False))
+    write_rows(cases_out, cases, CASE_COLUMNS)
+    write_rows(summary_out, summary, SUMMARY_COLUMNS)
+    write_rows(timing_out, timing_rows(train_infos, pred_infos), TIMING_COLUMNS)
+    shown = [r for r in summary if r["metric"] in ("dice", "hd95")]
+    table = "\n".join(f"{r['model']:>10} {r['label']:>12} {r['metric']:>5} n={r['n']:<3} mean={format_cell(r['mean']):>8} "
+                      f"sd={format_cell(r['sd']):>8} median={format_cell(r['median']):>8} one_empty={r['n_penalised']}"
+                      for r in shown)
+    log.info("Dice and HD95 (%s; one mask empty: %s):\n%s", config.metrics.hd95, config.metrics.empty_distance, table)
     return cases

@@ -28,13 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from .pseudonym import Pseudonymiser
 from .settings import NiftiSettings
-from .util import log
+from .util import import_nibabel, log
+
+nib = import_nibabel()
+
 
 NIFTI_RE = re.compile(r"^(?P<case>.+?)(?:_(?P<channel>\d{4}))?\.nii(?:\.gz)?$")
 REASONS = ("unreadable", "not_3d", "nan_image", "geometry_mismatch", "undeclared_label", "empty_label",

@@ -38,7 +38,9 @@ MAX_LOCATIONS = 10_000
 
 def open_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(array, affine) of a NIfTI file; the array is a read-only memory map where the file allows it."""
-    import nibabel as nib
+    from .util import import_nibabel
+
+    nib = import_nibabel()
 
     img = nib.load(str(path), mmap="r")
     arr = np.asanyarray(img.dataobj)

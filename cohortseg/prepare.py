@@ -2,14 +2,23 @@
 
 Why shards. Snakemake spends a few milliseconds per job building its DAG, so one job per subject and
 per step gives a 10,000-subject cohort 30,000 jobs and minutes of planning before the first job
-starts (benchmarks/bench_plan.py). A *shard* is the set of subjects whose pseudonym starts with the
-same ``prepare.shard_digits`` hex digits: at most 16^N jobs whatever the cohort size, and a subject
-never changes shard when others are added or removed. A shard job prepares its subjects in parallel
-(its ``threads``) and keeps per-subject reruns cheap: each subject has a stamp (hash of the stage's
-code and config, its selected series' row, the size and mtime of its DICOM files and mask) and a
-subject whose stamp and outputs are unchanged is skipped, so a rerun of a shard redoes only what
-changed. ``cohortseg prepare SUBJECT`` redoes one subject; ``snakemake --forcerun prepare``
-re-checks every shard (and redoes only subjects whose stamp is stale or whose files are gone).
+starts (benchmarks/bench_plan.py); and every job pays a second or more of start-up, so jobs of one or
+two subjects spend more time starting than working (bench_startup.py). A *shard* is the set of
+subjects whose pseudonym (a keyed hash: uniformly spread) starts with the same ``b`` bits, with
+``b = ceil(log2(n / prepare.subjects_per_job))`` for a cohort of ``n`` subjects: ``2^b`` jobs whose
+average size is between half and all of ``subjects_per_job`` (they scatter around it: 43-63 subjects
+for 208 at the default 64; 256 jobs of 20-55 for 10,000), named by their bits (``0110``; ``all`` when
+one job holds the cohort).
+
+The rule for a growing cohort: a subject keeps its shard while ``b`` stays the same, that is until the
+cohort grows past ``subjects_per_job * 2^b``; then every shard splits in two, and a subject moves to the
+half that extends its shard's name by one bit. Nothing is redone by a split: each subject has a stamp
+(hash of the stage's code and of the config sections that shape its files, its selected series' row,
+the size and mtime of its DICOM files and mask; not the job size) and a subject whose stamp and outputs
+are unchanged is skipped, so the new shard jobs only check and list their subjects. A shard job
+prepares its subjects in parallel (its ``threads``). ``cohortseg prepare SUBJECT`` redoes one subject;
+``snakemake --forcerun prepare`` re-checks every shard (and redoes only subjects whose stamp is stale or
+whose files are gone).
 
 A subject that fails is reported with its pseudonym and reason; the other subjects of the shard are
 still prepared, then the shard job fails (its manifest is the proof that all its subjects are ready).
@@ -18,6 +27,7 @@ still prepared, then the shard job fails (its manifest is the proof that all its
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import logging
 import os
@@ -30,7 +40,7 @@ from typing import Any
 
 from .settings import (ConvertSettings, PrepareSettings, PreprocessSettings, PrivacySettings, PseudonymSettings,
                        StageConfig)
-from .util import read_tsv, write_json, write_text
+from .util import read_rows, write_json, write_text
 
 log = logging.getLogger(__name__)
 STAMP = ".prepare-stamp"
@@ -57,15 +67,32 @@ class Folders:
     preproc: str
 
 
-def shard_of(subject: str, prefix: str, digits: int) -> str:
-    """The shard of a pseudonymous subject id: the first ``digits`` hex digits after the prefix."""
-    return subject[len(prefix): len(prefix) + digits]
+# the config sections that shape a subject's files: its stamp hashes these (not the job size)
+SUBJECT_SECTIONS = ("source", "convert", "preprocess", "labels", "privacy")
+ALL = "all"
 
 
-def shards(subjects: list[str], prefix: str, digits: int) -> dict[str, list[str]]:
+def shard_bits(n_subjects: int, per_job: int) -> int:
+    """Bits of the pseudonym that name a shard: the fewest whose shards average at most ``per_job`` subjects."""
+    if per_job < 1:
+        raise ValueError(f"prepare.subjects_per_job must be >= 1, got {per_job}")
+    return 0 if n_subjects <= per_job else math.ceil(math.log2(n_subjects / per_job))
+
+
+def shard_of(subject: str, prefix: str, bits: int) -> str:
+    """The shard of a pseudonymous subject id: the first ``bits`` bits of its hex digits (``all`` for 0)."""
+    if bits == 0:
+        return ALL
+    digits = subject[len(prefix): len(prefix) + -(-bits // 4)]
+    return format(int(digits, 16), f"0{4 * len(digits)}b")[:bits]
+
+
+def shards(subjects: list[str], prefix: str, per_job: int) -> dict[str, list[str]]:
+    """{shard: sorted subjects} of a cohort cut into shards of ``per_job`` subjects on average (at most)."""
+    bits = shard_bits(len(subjects), per_job)
     out: dict[str, list[str]] = {}
     for s in sorted(subjects):
-        out.setdefault(shard_of(s, prefix, digits), []).append(s)
+        out.setdefault(shard_of(s, prefix, bits), []).append(s)
     return out
 
 
@@ -136,9 +163,9 @@ def prepare_subject(config: Config, code: str, subject: str, row: dict[str, Any]
 
 
 def _worker(args: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
-    from .util import set_threads
+    from .preprocess import limit_threads
 
-    set_threads(1)
+    limit_threads(1)  # one subject per worker process, one thread each
     return args[2], prepare_subject(*args)
 
 
@@ -147,22 +174,25 @@ def run(config: Config, shard: str, included_tsv: str | Path, series_files_json:
         only: list[str] | None = None, force: bool = False) -> dict[str, Any]:
     """Prepare every subject of ``shard`` (or just ``only``) into ``folders``; write the shard manifest if
     all succeeded. ``manifest_out`` None: prepare without writing a manifest (``cohortseg prepare SUBJECT``)."""
-    inc = read_tsv(included_tsv)
-    prefix, digits = config.pseudonym.prefix, config.prepare.shard_digits
-    inc = inc[[shard_of(s, prefix, digits) == shard for s in inc["subject"]]]
+    included = read_rows(included_tsv)
+    bits = shard_bits(len(included), config.prepare.subjects_per_job)
+    inc = [r for r in included if shard_of(r["subject"], config.pseudonym.prefix, bits) == shard]
     if only:
-        unknown = sorted(set(only) - set(inc["subject"]))
+        unknown = sorted(set(only) - {r["subject"] for r in inc})
         if unknown:
             raise ValueError(f"not included subjects of shard {shard}: {', '.join(unknown)}")
-        inc = inc[inc["subject"].isin(only)]
-    if inc.empty:
+        inc = [r for r in inc if r["subject"] in only]
+    if not inc:
         raise ValueError(f"shard {shard!r} has no included subject in {included_tsv}")
     series_files = json.loads(Path(series_files_json).read_text())
     masks = json.loads(Path(masks_json).read_text())
     jobs = [(config, code, r["subject"], r, series_files[r["series"]], masks.get(r["subject"]), folders, force)
-            for r in inc.to_dict("records")]
+            for r in inc]
     t0 = time.time()
     results: dict[str, dict[str, Any]] = {}
+    from .preprocess import limit_threads
+
+    limit_threads(threads)
     if threads > 1 and len(jobs) > 1:
         import multiprocessing as mp
 

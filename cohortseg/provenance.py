@@ -45,9 +45,36 @@ def git_state(root: str | Path) -> dict[str, Any]:
         return {"commit": None, "dirty": None, "note": "not a git checkout"}
 
 
-def hardware() -> dict[str, Any]:
-    import torch
+def torch_build() -> dict[str, Any]:
+    """The CUDA and cuDNN versions the installed torch was built for, read from its version module's
+    source without importing torch (a second of start-up for a light job); cuDNN as torch reports it is in
+    each fold's train.json."""
+    import importlib.util
+    import re
 
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return {"cuda": None}
+    text = (Path(spec.origin).parent / "version.py").read_text()
+    m = re.search(r"^cuda\s*(?::\s*[^=]+)?=\s*(?:'([^']*)'|None)", text, re.M)
+    return {"cuda": m.group(1) if m and m.group(1) else None}
+
+
+def gpus() -> list[str]:
+    """The machine's NVIDIA GPUs (nvidia-smi), without importing torch; none where there is no driver."""
+    import shutil
+
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def hardware() -> dict[str, Any]:
     cpu = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -62,11 +89,7 @@ def hardware() -> dict[str, Any]:
     except (ValueError, OSError):
         pass
     info: dict[str, Any] = {"machine": platform.machine(), "system": platform.platform(), "cpu": cpu,
-                            "cpu_count": os.cpu_count(), "memory_mb": mem, "cuda": torch.version.cuda,
-                            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-                            "gpus": []}
-    if torch.cuda.is_available():
-        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+                            "cpu_count": os.cpu_count(), "memory_mb": mem, **torch_build(), "gpus": gpus()}
     return info
 
 

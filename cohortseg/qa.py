@@ -13,8 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import nibabel as nib
 import numpy as np
+
+from .util import import_nibabel
+
+nib = import_nibabel()
 
 
 @dataclass

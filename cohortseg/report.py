@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from .settings import StageConfig
-from .util import atomic_path, read_tsv
+from .util import atomic_path, read_rows
 
 
 @dataclass(frozen=True)
@@ -17,25 +17,29 @@ class Config(StageConfig):
     """The figures read no config section (which subjects get an overlay is the workflow's choice)."""
 
 
-def _plt():  # type: ignore[no-untyped-def]
-    import matplotlib
+def _figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure on the Agg canvas, without pyplot (whose backend machinery is half a second of a
+    figure job's start-up) and without global figure state to close."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
-    return plt
 
-
-def _save(fig, out: str | Path) -> None:  # type: ignore[no-untyped-def]
-    """PNG without a software/date tag, written atomically, figure closed."""
+def _save(fig: Any, out: str | Path) -> None:
+    """PNG without a software/date tag, written atomically."""
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None})
-    _plt().close(fig)
 
 
 def overlay(image: str | Path, reference: str | Path | None, prediction: str | Path, out: str | Path, title: str) -> None:
     """Three orthogonal slices through the lesion: reference contour green, prediction red."""
-    plt = _plt()
+    from .util import import_nibabel
+
+    nib = import_nibabel()
+
     img = nib.as_closest_canonical(nib.load(str(image)))
     pred = nib.as_closest_canonical(nib.load(str(prediction)))
     ref = nib.as_closest_canonical(nib.load(str(reference))) if reference else None
@@ -46,7 +50,8 @@ def overlay(image: str | Path, reference: str | Path | None, prediction: str | P
     centre = [int(round(c)) for c in (np.argwhere(focus).mean(axis=0) if focus.any() else np.array(a.shape) / 2)]
     lo, hi = np.percentile(a, [1, 99.5])
     zooms = img.header.get_zooms()[:3]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 4))
+    fig = _figure(figsize=(11, 4))
+    axes = fig.subplots(1, 3)
     views = [("axial", 2), ("coronal", 1), ("sagittal", 0)]
     for ax, (name, axis) in zip(axes, views):
         sl = [slice(None)] * 3
@@ -67,13 +72,12 @@ def overlay(image: str | Path, reference: str | Path | None, prediction: str | P
 
 
 def selection_chart(summary_tsv: str | Path, out: str | Path) -> None:
-    plt = _plt()
-    df = read_tsv(summary_tsv)
-    ser = df[df["level"] == "series"].sort_values("count")
-    fig, ax = plt.subplots(figsize=(7, 0.35 * max(len(ser), 3) + 1))
-    ax.barh(ser["reason"], ser["count"], color="#4c72b0")
-    for y, (c, s) in enumerate(zip(ser["count"], ser["subjects"])):
-        ax.text(c, y, f" {c} series / {s} subjects", va="center", fontsize=8)
+    ser = sorted((r for r in read_rows(summary_tsv) if r["level"] == "series"), key=lambda r: int(r["count"]))
+    fig = _figure(figsize=(7, 0.35 * max(len(ser), 3) + 1))
+    ax = fig.subplots()
+    ax.barh([r["reason"] for r in ser], [int(r["count"]) for r in ser], color="#4c72b0")
+    for y, r in enumerate(ser):
+        ax.text(int(r["count"]), y, f" {r['count']} series / {r['subjects']} subjects", va="center", fontsize=8)
     ax.set_xlabel("rejected series")
     ax.set_title("Series rejected per reason")
     ax.margins(x=0.35)
@@ -82,11 +86,11 @@ def selection_chart(summary_tsv: str | Path, out: str | Path) -> None:
 
 
 def dice_chart(cases_tsv: str | Path, out: str | Path) -> None:
-    plt = _plt()
-    df = read_tsv(cases_tsv)
-    models = sorted(df["model"].unique(), key=lambda m: (m == "ensemble", m))
-    fig, ax = plt.subplots(figsize=(1.2 * len(models) + 3, 3.5))
-    data = [df.loc[df["model"] == m, "dice"].dropna().to_numpy() for m in models]
+    rows = read_rows(cases_tsv)
+    models = sorted({r["model"] for r in rows}, key=lambda m: (m == "ensemble", m))
+    fig = _figure(figsize=(1.2 * len(models) + 3, 3.5))
+    ax = fig.subplots()
+    data = [np.array([float(r["dice"]) for r in rows if r["model"] == m and r["dice"] != ""]) for m in models]
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(range(1, len(models) + 1), models)
     for i, d in enumerate(data, start=1):

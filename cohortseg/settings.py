@@ -135,7 +135,7 @@ class PreprocessSettings(Settings):
 
 @dataclass(frozen=True)
 class PrepareSettings(Settings):
-    shard_digits: int
+    subjects_per_job: int
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .settings import SplitSettings, StageConfig
-from .util import log, read_tsv, write_json
+from .util import is_true, log, read_rows, write_json
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,9 @@ def check_split(split: dict[str, Any], labelled: list[str], folds: int) -> None:
 
 
 def run(config: Config, included_tsv: str | Path, out: str | Path) -> dict[str, Any]:
-    inc = read_tsv(included_tsv)
-    mask = inc["has_mask"].astype(str).str.lower() == "true"
-    labelled = sorted(inc.loc[mask, "subject"])
-    unlabelled = sorted(inc.loc[~mask, "subject"])
+    rows = read_rows(included_tsv)
+    labelled = sorted(r["subject"] for r in rows if is_true(r["has_mask"]))
+    unlabelled = sorted(r["subject"] for r in rows if not is_true(r["has_mask"]))
     sc = config.split
     if sc.file:
         split = json.loads(Path(sc.file).read_text())

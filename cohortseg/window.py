@@ -25,9 +25,10 @@ segmentation does not depend on which of them computed it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is made: the light stages use the rule without it
+    import torch
 
 # the rule every model trained by this version records; the only one known so far
 IMAGE_MINIMUM = "image_minimum"
@@ -79,6 +80,8 @@ def centred_padding(shape: Sequence[int], window: Sequence[int]) -> list[tuple[i
 def pad_to_window(image: torch.Tensor, window: Sequence[int], padding: str) -> tuple[torch.Tensor, tuple[slice, ...]]:
     """``image`` (B, C, *spatial) padded to at least ``window`` as training padded it, and the slices that
     take the original region back out of a padded result."""
+    import torch
+
     pads = centred_padding(image.shape[2:], window)
     if not any(a or b for a, b in pads):
         return image, (slice(None),) * image.dim()
@@ -93,6 +96,7 @@ def sliding_window(network: Callable[[torch.Tensor], torch.Tensor], image: torch
     """``network`` slid over one normalised image (1, C, D, H, W) in windows of ``window`` voxels; an image
     smaller than the window in some axis is first padded as training padded it (:func:`pad_to_window`),
     and the output cropped back to the image."""
+    import torch
     from monai.inferers import sliding_window_inference
 
     if image.shape[0] != 1:

@@ -10,7 +10,7 @@ from snakemake.utils import validate
 
 from cohortseg import codehash
 from cohortseg.config import SCHEMA, check_semantics, loader_workers
-from cohortseg.prepare import shard_of, shards
+from cohortseg.prepare import ALL, SUBJECT_SECTIONS, shard_bits, shard_of, shards
 
 validate(config, str(SCHEMA), set_default=True)
 check_semantics(config)
@@ -19,14 +19,14 @@ PRIV = config["private_dir"].rstrip("/")
 N_FOLDS = config["split"]["folds"]
 RES = config["resources"]
 PREFIX = config["pseudonym"]["prefix"]
-DIGITS = config["prepare"]["shard_digits"]
+PER_JOB = config["prepare"]["subjects_per_job"]
 SUBJECT_RE = re.escape(PREFIX) + "[0-9a-f]+"
 
 
 wildcard_constraints:
     subject=SUBJECT_RE,
     fold=r"\d+",
-    shard=f"[0-9a-f]{{{DIGITS}}}",
+    shard=f"{ALL}|[01]+",
 
 
 def fingerprint(stage):
@@ -66,7 +66,7 @@ def shards_of(subjects):
     """A reader for _cached: the shards of ``subjects`` (the path only keys the cache)."""
 
     def read(_path):
-        return shards(subjects, PREFIX, DIGITS)
+        return shards(subjects, PREFIX, PER_JOB)
 
     return read
 
@@ -76,14 +76,15 @@ def included_table():
 
 
 def shard_subjects():
-    """{shard: [subjects]} of the included subjects (prepare.shard_digits hex digits of the pseudonym)."""
+    """{shard: [subjects]} of the included subjects (prepare.subjects_per_job: cohortseg.prepare)."""
     path = checkpoints.select.get().output.included
     return _cached("shards", path, shards_of(list(included_table()["subject"])))
 
 
 def prepared(subjects):
     """The shard manifests that prove ``subjects`` are converted (and, if labelled, preprocessed)."""
-    return sorted({f"results/prepared/{shard_of(s, PREFIX, DIGITS)}.json" for s in subjects})
+    bits = shard_bits(len(included_table()), PER_JOB)
+    return sorted({f"results/prepared/{shard_of(s, PREFIX, bits)}.json" for s in subjects})
 
 
 def ensemble_shards():
@@ -92,7 +93,8 @@ def ensemble_shards():
 
 
 def ensemble_prediction(subject):
-    return f"results/predictions/shards/{shard_of(subject, PREFIX, DIGITS)}.json"
+    bits = shard_bits(len(ensemble_subjects()), PER_JOB)
+    return f"results/predictions/shards/{shard_of(subject, PREFIX, bits)}.json"
 
 
 def labelled_subjects():
@@ -130,21 +132,18 @@ def ensemble_subjects():
     return sorted(sp["test"] + sp.get("unlabelled", []))
 
 
-def external_cases():
-    out = []
-    for name, folder in config["infer"]["cohorts"].items():
-        for p in sorted(Path(folder).glob("*.nii*")):
-            case = re.sub(r"\.nii(\.gz)?$", "", p.name)
-            out.append((name, case))
-    return out
+def external_cohort(name):
+    """[(case, image)] of an extra cohort's folder (infer.cohorts): its NIfTI files, named by file."""
+    folder = Path(config["infer"]["cohorts"][name])
+    return [(re.sub(r"\.nii(\.gz)?$", "", p.name), str(p)) for p in sorted(folder.glob("*.nii*"))]
 
 
-def external_image(wildcards):
-    folder = Path(config["infer"]["cohorts"][wildcards.cohort])
-    for cand in (folder / f"{wildcards.case}.nii.gz", folder / f"{wildcards.case}.nii"):
-        if cand.exists():
-            return str(cand)
-    raise ValueError(f"no image {wildcards.case}.nii[.gz] in cohort {wildcards.cohort} ({folder})")
+def external_images(wildcards):
+    return [image for _, image in external_cohort(wildcards.cohort)]
+
+
+def external_runtime(wildcards, attempt):
+    return attempt * (10 + 2 * len(external_cohort(wildcards.cohort)))
 
 
 def metrics_inputs(wildcards):
@@ -172,6 +171,12 @@ def metric_pred_info(wildcards):
 
 def shard_job_subjects(wildcards):
     return shard_subjects()[wildcards.shard]
+
+
+def subject_stamp(wildcards):
+    """What each prepared subject's stamp holds: the stage's code and the sections that shape its files
+    (not the job size, so re-sharding redoes no subject)."""
+    return codehash.fingerprint("prepare", config, SUBJECT_SECTIONS)
 
 
 def prepare_mem_mb(wildcards, attempt):
@@ -231,8 +236,10 @@ def ensemble_shard_runtime(wildcards, attempt):
     return attempt * (10 + 2 * len(ensemble_shards()[wildcards.shard]))
 
 
-def external_cases_of(wildcards, input, output):
-    return [(f"{wildcards.cohort}/{wildcards.case}", input.image, output.pred, output.info)]
+def external_cohort_cases(wildcards, output):
+    """(case, image, prediction, timing json) of every image of a cohort."""
+    return [(f"{wildcards.cohort}/{case}", image, f"{output.preds}/{case}.nii.gz", f"{output.preds}/{case}.json")
+            for case, image in external_cohort(wildcards.cohort)]
 
 
 def overlay_prepared(wildcards):
@@ -279,7 +286,7 @@ def all_outputs(wildcards):
     targets += [f"results/models/fold{k}/curves.png" for k in range(N_FOLDS)]
     targets += [f"results/predictions/shards/{shard}.json" for shard in ensemble_shards()]
     targets += [f"results/report/overlays/{s}.png" for s in overlay_subjects()]
-    targets += [f"results/predictions_external/{c}/{k}.nii.gz" for c, k in external_cases()]
+    targets += [f"results/predictions_external/{c}" for c in config["infer"]["cohorts"] if external_cohort(c)]
     if config["export"]["enabled"]:
         targets.append("results/export")
     return targets

@@ -13,6 +13,8 @@ rule export:
         volume=export_volume,
     log:
         "logs/export.log",
+    benchmark:
+        "logs/benchmarks/export.tsv",
     threads: RES["infer_threads"]
     resources:
         mem_mb=RES["infer_mem_mb"],

@@ -15,6 +15,8 @@ rule index:
         code=fingerprint("index"),
     log:
         "logs/index.log",
+    benchmark:
+        "logs/benchmarks/index.tsv",
     threads: config["index"]["threads"]
     resources:
         mem_mb=RES["light_mem_mb"],

@@ -11,6 +11,8 @@ rule infer_fold:
         cases=fold_val_cases,
     log:
         "logs/infer/fold{fold}.log",
+    benchmark:
+        "logs/benchmarks/infer/fold{fold}.tsv",
     threads: RES["infer_threads"]
     resources:
         mem_mb=RES["infer_mem_mb"],
@@ -37,6 +39,8 @@ rule infer_ensemble:
         cases=ensemble_shard_cases,
     log:
         "logs/infer/ensemble/{shard}.log",
+    benchmark:
+        "logs/benchmarks/infer/ensemble/{shard}.tsv",
     threads: RES["infer_threads"]
     resources:
         mem_mb=RES["infer_mem_mb"],
@@ -48,24 +52,26 @@ rule infer_ensemble:
 
 
 rule infer_external:
-    """The ensemble on an extra NIfTI cohort named in config (infer.cohorts)."""
+    """The ensemble on an extra NIfTI cohort named in config (infer.cohorts): one job per cohort, the
+    models loaded once; <case>.nii.gz (+ .json) per image in results/predictions_external/<cohort>/."""
     input:
-        image=external_image,
+        images=external_images,
         manifest="results/models/ensemble.json",
         models=fold_models(),
     output:
-        pred="results/predictions_external/{cohort}/{case}.nii.gz",
-        info="results/predictions_external/{cohort}/{case}.json",
+        preds=directory("results/predictions_external/{cohort}"),
     params:
         code=fingerprint("infer"),
         name="ensemble",
-        cases=external_cases_of,
+        cases=external_cohort_cases,
     log:
-        "logs/infer_external/{cohort}/{case}.log",
+        "logs/infer_external/{cohort}.log",
+    benchmark:
+        "logs/benchmarks/infer_external/{cohort}.tsv",
     threads: RES["infer_threads"]
     resources:
         mem_mb=RES["infer_mem_mb"],
-        runtime=30,
+        runtime=external_runtime,
     conda:
         "../envs/torch.yaml"
     script:

@@ -24,6 +24,8 @@ rule metrics:
         pred_info=metric_pred_info,
     log:
         "logs/metrics.log",
+    benchmark:
+        "logs/benchmarks/metrics.tsv",
     threads: RES["light_threads"]
     resources:
         mem_mb=RES["light_mem_mb"],

@@ -10,11 +10,14 @@ rule prepare:
     params:
         code=fingerprint("prepare"),
         subjects=shard_job_subjects,
+        stamp=subject_stamp,
         # each subject's files go to results/nifti/<subject>/ and results/preproc/<subject>/
         nifti="results/nifti",
         preproc="results/preproc",
     log:
         "logs/prepare/{shard}.log",
+    benchmark:
+        "logs/benchmarks/prepare/{shard}.tsv",
     threads: RES["light_threads"]
     resources:
         mem_mb=prepare_mem_mb,

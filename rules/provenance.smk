@@ -16,6 +16,8 @@ rule provenance:
         results=results_folder,
     log:
         "logs/provenance.log",
+    benchmark:
+        "logs/benchmarks/provenance.tsv",
     resources:
         mem_mb=RES["light_mem_mb"],
         runtime=30,

@@ -12,6 +12,8 @@ rule selection_chart:
         code=fingerprint("report"),
     log:
         "logs/report/selection.log",
+    benchmark:
+        "logs/benchmarks/report/selection.tsv",
     resources:
         mem_mb=RES["light_mem_mb"],
         runtime=5,
@@ -35,6 +37,8 @@ rule dice_chart:
         code=fingerprint("report"),
     log:
         "logs/report/dice.log",
+    benchmark:
+        "logs/benchmarks/report/dice.tsv",
     resources:
         mem_mb=RES["light_mem_mb"],
         runtime=5,
@@ -63,6 +67,8 @@ rule overlay:
         prediction="results/predictions/ensemble/{subject}.nii.gz",
     log:
         "logs/report/overlay/{subject}.log",
+    benchmark:
+        "logs/benchmarks/report/overlay/{subject}.tsv",
     resources:
         mem_mb=RES["light_mem_mb"],
         runtime=5,

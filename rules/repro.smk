@@ -28,6 +28,8 @@ rule repro:
         main=".",
     log:
         "logs/repro.log",
+    benchmark:
+        "logs/benchmarks/repro.tsv",
     threads: max(config["repro"]["threads"])
     resources:
         mem_mb=RES["train_mem_mb"],

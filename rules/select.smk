@@ -26,6 +26,8 @@ checkpoint select:
         code=fingerprint("select"),
     log:
         "logs/select.log",
+    benchmark:
+        "logs/benchmarks/select.tsv",
     resources:
         mem_mb=RES["light_mem_mb"],
         runtime=10,
@@ -43,6 +45,8 @@ rule audit:
         text=rules.select.output.text,
     log:
         "logs/audit.log",
+    benchmark:
+        "logs/benchmarks/audit.tsv",
     localrule: True
     resources:
         mem_mb=RES["light_mem_mb"],

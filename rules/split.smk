@@ -8,6 +8,8 @@ checkpoint split:
         code=fingerprint("split"),
     log:
         "logs/split.log",
+    benchmark:
+        "logs/benchmarks/split.tsv",
     resources:
         mem_mb=RES["light_mem_mb"],
         runtime=5,

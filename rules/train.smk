@@ -19,6 +19,8 @@ rule train:
         preproc="results/preproc",
     log:
         "logs/train/fold{fold}.log",
+    benchmark:
+        "logs/benchmarks/train/fold{fold}.tsv",
     # the network's threads plus the patch loader's worker processes (one thread each)
     threads: RES["train_threads"] + loader_workers(config)
     resources:

@@ -41,9 +41,11 @@ def _fold_models(tmp_path: Path, model: str, normalisation: str = "zscore") -> t
         net = build_model(TrainSettings.from_dict(cfg["train"]), 2, [16, 16, 16])
         p = tmp_path / f"fold{k}" / "model.pt"
         p.parent.mkdir()
-        save_model(p, net, {"fold": k, "labels": cfg["labels"], "size": [16, 16, 16], "train": cfg["train"],
-                            "preprocess": cfg["preprocess"], "best_epoch": 3, "best_val_dice": 0.5 + k / 10,
-                            "input_padding": "image_minimum"})
+        meta = {"fold": k, "labels": cfg["labels"], "size": [16, 16, 16], "train": cfg["train"],
+                "preprocess": cfg["preprocess"], "best_epoch": 3, "best_val_dice": 0.5 + k / 10,
+                "input_padding": "image_minimum"}
+        save_model(p, net, meta)
+        (p.parent / "train.json").write_text(json.dumps(meta))
         paths.append(str(p))
     build_ensemble(paths, 2, tmp_path / "ensemble.json")
     return cfg, tmp_path / "ensemble.json"

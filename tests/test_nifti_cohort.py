@@ -78,7 +78,7 @@ def test_bad_pairs_are_left_out_with_their_reason(tmp_path: Path) -> None:
     cfg = tmp_path / "nifti.yaml"
     cfg.write_text("source: nifti\nnifti: {images: data/imagesTr, labels: data/labelsTr}\nlabels: [anterior, posterior]\n"
                    "preprocess: {size: [24, 24, 24], spacing: [1.5, 1.5, 1.5], normalisation: zscore}\ntrain: {levels: 3}\n"
-                   "prepare: {shard_digits: 1}\n")
+                   "prepare: {subjects_per_job: 3}\n")
     logs = cli(tmp_path, cfg, "index").stderr + cli(tmp_path, cfg, "select").stderr
     ids = dict(line.split("\t") for line in (tmp_path / "private" / "id_map.tsv").read_text().splitlines()[1:])
     case_of = {s: c for s, c in ids.items()}
@@ -94,7 +94,9 @@ def test_bad_pairs_are_left_out_with_their_reason(tmp_path: Path) -> None:
     summary = (tmp_path / "results" / "cohort" / "summary.txt").read_text()
     assert "with an empty label" in summary and "whose label's shape, spacing or affine differs" in summary
     # prepare every shard of the included cases: same voxels and affine as the source, fresh header
-    shards = sorted({s[4] for s in inc["subject"]})
+    from cohortseg.prepare import shards as layout
+
+    shards = sorted(layout(list(inc["subject"]), "sub-", 3))
     for sh in shards:
         cli(tmp_path, cfg, "prepare", "--shard", sh)
     for s in inc["subject"]:

@@ -165,7 +165,7 @@ def test_window_padding_is_preprocessings_padding(shape: tuple[int, int, int]) -
     same placement (ceil(n/2) voxels before the image), voxel for voxel; cropping gives the image back."""
     import torchio as tio
 
-    from cohortseg.preprocess import pad_to_size
+    from cohortseg.preprocess import Volume, pad_to_size
     from cohortseg.window import PADDING, pad_to_window
 
     window = [8, 9, 6]
@@ -173,7 +173,7 @@ def test_window_padding_is_preprocessings_padding(shape: tuple[int, int, int]) -
     image = tio.ScalarImage(tensor=x[0], affine=np.eye(4))
     # TorchIO's own centred crop/pad (training's convention before preprocessing stopped cropping)
     torchio_way = tio.CropOrPad([max(n, w) for n, w in zip(shape, window)], padding_mode="minimum")(image).data
-    preprocessing = pad_to_size(list(shape), window)(image).data
+    preprocessing = torch.from_numpy(pad_to_size(Volume(x[0, 0].numpy(), np.eye(4)), window).data)[None]
     padded, region = pad_to_window(x, window, PADDING)
     assert torch.equal(padded[0], torchio_way) and torch.equal(padded[0], preprocessing)
     assert torch.equal(padded[region], x)

@@ -12,7 +12,7 @@ import torch
 
 from cohortseg import config as config_mod
 from cohortseg.patches import EpochSampler, PatchDataset, open_volume, patch_affine, patch_loader
-from cohortseg.settings import InferSettings
+from cohortseg.settings import InferSettings, TrainSettings
 from cohortseg.train import Config, FoldPaths, augmentation, train_fold
 
 AFFINE = np.array([[0.0, 0.0, -1.5, 40.0], [-1.2, 0.0, 0.0, 12.0], [0.0, 1.1, 0.0, -7.0], [0, 0, 0, 1]])
@@ -88,7 +88,7 @@ def test_batches_do_not_depend_on_workers(volumes):
     cfg = config_mod.load(None)
 
     def epochs(workers: int) -> list[list[torch.Tensor]]:
-        ds = _dataset(root, names, samples_per_volume=2, transform=augmentation(cfg))
+        ds = _dataset(root, names, samples_per_volume=2, transform=augmentation(TrainSettings.from_dict(cfg["train"])))
         sampler = EpochSampler(ds.per_epoch, 11)
         loader = patch_loader(ds, sampler, batch_size=4, workers=workers, prefetch=2, pin_memory=False)
         out = []

@@ -17,8 +17,8 @@ import pytest
 from .conftest import REPO
 
 CFG = str(REPO / "tests" / "config" / "tiny.yaml")
-# one digit: 16 shards, so the tiny cohort's 6 subjects share some
-SET = json.dumps({"prepare": {"shard_digits": 1}})
+# 3 subjects per job: the tiny cohort's 6 subjects in 2 shards of a bit each
+SET = json.dumps({"prepare": {"subjects_per_job": 3}})
 
 
 def cli(wd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -43,7 +43,7 @@ def cohort(tmp_path: Path, tiny_cohort: Path) -> tuple[Path, dict[str, list[str]
     cli(tmp_path, "index")
     cli(tmp_path, "select")
     inc = pd.read_csv(tmp_path / "results" / "cohort" / "included.tsv", sep="\t")
-    return tmp_path, shards(list(inc["subject"]), "sub-", 1)
+    return tmp_path, shards(list(inc["subject"]), "sub-", 3)
 
 
 def _largest(groups: dict[str, list[str]]) -> tuple[str, list[str]]:
@@ -99,9 +99,24 @@ def test_bad_subject_is_reported_and_the_others_are_prepared(cohort: tuple[Path,
     assert (wd / "results" / "prepared" / f"{shard}.json").exists()
 
 
-def test_shard_of_follows_the_pseudonym() -> None:
-    from cohortseg.prepare import shard_of, shards
+def test_shards_follow_the_pseudonym_and_the_cohort_size() -> None:
+    """A shard is the first b bits of the pseudonym, b = ceil(log2(n / subjects_per_job)); a subject keeps
+    its shard while b stays, and moves to a half of it (its name extended by a bit) when the cohort grows
+    past subjects_per_job * 2^b."""
+    import hashlib
 
-    assert shard_of("sub-3fa0c1d2e9", "sub-", 2) == "3f"
-    groups = shards(["sub-3fa0", "sub-3f11", "sub-a000"], "sub-", 2)
-    assert groups == {"3f": ["sub-3f11", "sub-3fa0"], "a0": ["sub-a000"]}
+    from cohortseg.prepare import shard_bits, shard_of, shards
+
+    assert shard_of("sub-3fa0c1d2e9", "sub-", 3) == "001" and shard_of("sub-3fa0c1d2e9", "sub-", 6) == "001111"
+    assert shard_of("sub-3fa0c1d2e9", "sub-", 0) == "all"
+    assert [shard_bits(n, 64) for n in (1, 64, 65, 128, 129, 208, 10_000)] == [0, 0, 1, 1, 2, 2, 8]
+    groups = shards(["sub-3fa0", "sub-3f11", "sub-a000"], "sub-", 2)  # 3 subjects, 2 per job: 1 bit
+    assert groups == {"0": ["sub-3f11", "sub-3fa0"], "1": ["sub-a000"]}
+    cohort = [f"sub-{hashlib.sha256(str(i).encode()).hexdigest()[:10]}" for i in range(300)]
+    before = {s: k for k, ss in shards(cohort[:200], "sub-", 64).items() for s in ss}  # 4 shards
+    grown = {s: k for k, ss in shards(cohort[:250], "sub-", 64).items() for s in ss}  # still 4 shards
+    assert all(grown[s] == before[s] for s in before), "a subject keeps its job when others are added"
+    split = {s: k for k, ss in shards(cohort, "sub-", 64).items() for s in ss}  # 300 > 256: 8 shards
+    assert all(split[s].startswith(before[s]) and len(split[s]) == 3 for s in before)
+    with pytest.raises(ValueError):
+        shard_bits(10, 0)

@@ -49,7 +49,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
                c / "summary.tsv", c / "summary.txt", out.descriptors)
     splits = split.run(split.Config.from_config(cfg), c / "included.tsv", r / "splits.json")
     folders = prepare.Folders(str(r / "nifti"), str(r / "preproc"))
-    shards = prepare.shards(list(pd.read_csv(c / "included.tsv", sep="\t")["subject"]), "sub-", 2)
+    shards = prepare.shards(list(pd.read_csv(c / "included.tsv", sep="\t")["subject"]), "sub-", 64)
     for shard in shards:
         prepare.run(prepare.Config.from_config(cfg), shard, c / "included.tsv", out.series_files, out.masks, None,
                     "quality", folders)
