@@ -132,14 +132,25 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def cmd_infer(a: argparse.Namespace) -> None:
+    import re
+
     from .infer import Config, run
 
     config = Config.from_config(_cfg(a))
-    out = Path(a.out)
     if sum(bool(x) for x in (a.model, a.ensemble, a.exported)) != 1:
         raise ValueError("give one of --model (repeatable), --ensemble or --exported")
-    run(config, a.name, [(a.case, a.image, str(out), str(out.with_suffix("").with_suffix(".json")))], a.model or None,
-        a.ensemble, a.threads, exported=a.exported)
+    if bool(a.image and a.out) == bool(a.images and a.out_dir):
+        raise ValueError("give IMAGE OUT, or --images ... --out-dir DIR (many images, the models loaded once)")
+    if a.image:
+        out = Path(a.out)
+        cases = [(a.case, a.image, str(out), str(out.with_suffix("").with_suffix(".json")))]
+    else:
+        stems = [re.sub(r"\.nii(\.gz)?$", "", Path(i).name) for i in a.images]
+        if len(set(stems)) != len(stems):
+            raise ValueError("--images: two images have the same file name")
+        d = Path(a.out_dir)
+        cases = [(s, i, str(d / f"{s}.nii.gz"), str(d / f"{s}.json")) for s, i in zip(stems, a.images)]
+    run(config, a.name, cases, a.model or None, a.ensemble, a.threads, exported=a.exported)
 
 
 def cmd_metrics(a: argparse.Namespace) -> None:
@@ -256,9 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--volume", help="preprocessed image for the parity check (default: a seeded normal volume)")
     sp.add_argument("--threads", type=int, default=1)
 
-    sp = add("infer", cmd_infer, "predict one image with a fold model or the ensemble, in its own space")
-    sp.add_argument("image")
-    sp.add_argument("out", help="prediction .nii.gz (a .json with timing is written beside it)")
+    sp = add("infer", cmd_infer, "predict images with fold models, the ensemble or an export, each in its own space")
+    sp.add_argument("image", nargs="?", help="one image (or use --images)")
+    sp.add_argument("out", nargs="?", help="prediction .nii.gz (a .json with timing is written beside it)")
+    sp.add_argument("--images", nargs="+", help="several images, predicted in one process (models loaded once)")
+    sp.add_argument("--out-dir", help="folder for the predictions of --images (<name>.nii.gz + .json)")
     sp.add_argument("--name", default="ensemble")
     sp.add_argument("--case", default="case")
     sp.add_argument("--model", action="append", help="fold model.pt (repeatable)")

@@ -66,12 +66,32 @@ def loader_workers(cfg: dict[str, Any]) -> int:
     return int(train["workers"]) if train["patch"]["size"] is not None else 0
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key defined twice in one mapping (YAML would keep the last silently:
+    a second model of the same name would replace the first)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{node.start_mark.name}, line {key_node.start_mark.line + 1}: {key!r} is defined twice "
+                                  f"(first on line {seen[key] + 1})")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file, every key of every mapping defined once."""
+    with open(path) as fh:
+        return yaml.load(fh, Loader=_UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader subclass
+
+
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Read a YAML config (or an empty one), merge ``overrides``, validate."""
     cfg: dict[str, Any] = {}
     if path is not None:
-        with open(path) as fh:
-            cfg = yaml.safe_load(fh) or {}
+        cfg = read_yaml(path)
     if overrides:
         cfg = deep_merge(cfg, overrides)
     return validate(cfg)

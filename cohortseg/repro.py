@@ -121,8 +121,9 @@ def _abs(path: str | None, base: Path) -> str | None:
     return None if path is None else str((base / path).resolve())
 
 
-def execution_config(cfg: dict[str, Any], threads: int, main: Path) -> dict[str, Any]:
-    """The main run's config with absolute input paths, the tree's own private/ and ``threads`` everywhere."""
+def execution_config(cfg: dict[str, Any], threads: int, main: Path, seed_offset: int = 0) -> dict[str, Any]:
+    """The main run's config with absolute input paths, the tree's own private/ and ``threads`` everywhere;
+    with ``seed_offset`` (repro.vary_seed) another seed and the main run's split pinned."""
     c = copy.deepcopy(cfg)
     c["dicom_dir"] = _abs(c["dicom_dir"], main)
     c["masks"]["dir"] = _abs(c["masks"].get("dir"), main)
@@ -131,6 +132,9 @@ def execution_config(cfg: dict[str, Any], threads: int, main: Path) -> dict[str,
     c["infer"]["cohorts"] = {k: _abs(v, main) for k, v in c["infer"]["cohorts"].items()}
     if c["split"].get("file"):
         c["split"]["file"] = _abs(c["split"]["file"], main)
+    if seed_offset:
+        c["seed"] = int(c["seed"]) + seed_offset
+        c["split"]["file"] = str((main / "results" / "splits.json").resolve())
     c["index"]["threads"] = threads
     for k in ("light_threads", "train_threads", "infer_threads"):
         c["resources"][k] = threads
@@ -153,14 +157,19 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def execute(cfg: dict[str, Any], name: str, threads: int, main: Path, trees: Path, stages: list[str],
-            snakefile: Path = REPO / "Snakefile", cores: int = 1) -> Path:
+            snakefile: Path = REPO / "Snakefile", cores: int = 1, seed_offset: int = 0) -> Path:
     """One execution of ``stages`` (consecutive) in ``trees/name`` on the main run's earlier outputs."""
-    main_private = (main / cfg["private_dir"]).resolve()
     tree = trees / name
-    before = list(STAGES)[: list(STAGES).index(stages[0])]
+    make_tree(cfg, tree, threads, main, stages[0], seed_offset)
+    return run_in_tree(tree, name, stages, threads, trees, snakefile, cores)
+
+
+def make_tree(cfg: dict[str, Any], tree: Path, threads: int, main: Path, first: str, seed_offset: int = 0) -> None:
+    """A workflow folder of its own: the study key and the main run's private maps (mtimes kept: nothing
+    upstream looks newer) in its own private/ (outside its results/, like the main run's), the execution's
+    config, and the main run's outputs of every stage before ``first`` (hard links, never written to)."""
+    main_private = (main / cfg["private_dir"]).resolve()
     tree.mkdir(parents=True)
-    # the study key and the main run's private maps (mtimes kept: nothing upstream looks newer), in the
-    # tree's own private/ (outside its results/, like the main run's; same config in every execution)
     private = tree / "private"
     private.mkdir(mode=0o700)
     for f in PRIVATE_FILES:
@@ -178,18 +187,23 @@ def execute(cfg: dict[str, Any], name: str, threads: int, main: Path, trees: Pat
         os.chmod(private / f, 0o600)
     (tree / "config").mkdir()
     shutil.copy2(REPO / "config" / "config.yaml", tree / "config" / "config.yaml")
-    ecfg = execution_config(cfg, threads, main)
+    ecfg = execution_config(cfg, threads, main, seed_offset)
     ecfg.pop("repro", None)
     import yaml
 
     (tree / "config" / "repro.yaml").write_text(yaml.safe_dump(ecfg, sort_keys=True))
-    for stage in before:
+    for stage in list(STAGES)[: list(STAGES).index(first)]:
         files = tree_files(main, stage)
         if not files:
             raise ReproError(f"the main run has no outputs of stage {stage!r} under {main}/results: run the workflow "
                              f"first, or include {stage!r} in repro.stages")
         for f in files:
             _link_or_copy(main / f, tree / f)
+
+
+def run_in_tree(tree: Path, name: str, stages: list[str], threads: int, trees: Path, snakefile: Path = REPO / "Snakefile",
+                cores: int = 1) -> Path:
+    """Snakemake re-executes ``stages`` (consecutive) in ``tree``, on what the tree holds before them."""
     first, last = STAGES[stages[0]][0], STAGES[stages[-1]][0]
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(tree),
            # all cores for independent jobs side by side; each job's threads are the execution's `threads`
@@ -202,7 +216,8 @@ def execute(cfg: dict[str, Any], name: str, threads: int, main: Path, trees: Pat
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     log.info("%s: stages %s with %d thread(s)", name, "..".join(dict.fromkeys([stages[0], stages[-1]])), threads)
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-    (tree / "snakemake.log").write_text(proc.stdout + proc.stderr)
+    with open(tree / "snakemake.log", "a") as fh:
+        fh.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"execution {name} failed (log: {tree / 'snakemake.log'}):\n{proc.stderr[-3000:]}")
     if "Nothing to be done" in proc.stdout + proc.stderr:
@@ -323,16 +338,18 @@ def metric_variability(trees: list[Path], threshold: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare(trees: list[Path], threads: list[int], stages: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def compare(trees: list[Path], threads: list[int], stages: list[str],
+            names: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per file and per stage: identical across the same-thread executions and across thread counts."""
     ref, ref_threads = trees[0], threads[0]
+    names = names or [t.name for t in trees]
     file_rows = []
     for stage in stages:
-        names = sorted(set().union(*(tree_files(t, stage) for t in trees)))
-        for f in names:
+        files_of_stage = sorted(set().union(*(tree_files(t, stage) for t in trees)))
+        for f in files_of_stage:
             d0 = digest(ref / f) if (ref / f).exists() else None
-            for t, th in zip(trees[1:], threads[1:]):
-                row: dict[str, Any] = {"stage": stage, "file": f, "execution": t.name, "threads": th,
+            for t, th, name in zip(trees[1:], threads[1:], names[1:]):
+                row: dict[str, Any] = {"stage": stage, "file": f, "execution": name, "threads": th,
                                        "same_threads": th == ref_threads}
                 if d0 is None or not (t / f).exists():
                     row.update(identical=False, note="missing in one execution")
@@ -361,48 +378,67 @@ def compare(trees: list[Path], threads: list[int], stages: list[str]) -> tuple[p
 
 
 def dashboard(stages: pd.DataFrame, variability: pd.DataFrame, threshold: float, out: str | Path) -> None:
-    """Per stage identical or not (same threads / across threads), and the metrics' SD ratios against the threshold."""
-    import matplotlib
+    """Left: per stage, identical or not (same threads / across threads). Right: per metric, the spread
+    between executions beside the spread between subjects (SD, log scale), alert where the first exceeds
+    ``threshold`` times the second."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    n = len(variability[variability["metric"].isin(SHOWN)]) if len(variability) else 0
+    fig = Figure(figsize=(13, 0.42 * max(len(stages), n, 6) + 1.8))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
+    _stage_grid(left, stages)
+    _spread_bars(right, variability, threshold)
+    fig.tight_layout()
+    from .util import atomic_path
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * max(len(stages), 6) + 1.5))
-    ax = axes[0]
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+
+
+SHOWN = ("dice", "hd95", "avg_hd", "vol_pred_mm3")
+
+
+def _stage_grid(ax: Any, stages: pd.DataFrame) -> None:
+    from matplotlib.patches import Rectangle
+
     cols = ["identical_same_threads", "identical_across_threads"]
     colour = {True: "#2e7d32", False: "#c62828", None: "#bdbdbd"}
     for i, (_, r) in enumerate(stages.iterrows()):
         for j, c in enumerate(cols):
-            v = r[c] if isinstance(r[c], (bool, np.bool_)) else None
-            ax.add_patch(plt.Rectangle((j, i), 0.95, 0.9, color=colour[None if v is None else bool(v)]))
-            ax.text(j + 0.47, i + 0.45, {True: "identical", False: "differs", None: "n/a"}[None if v is None else bool(v)],
-                    ha="center", va="center", color="white", fontsize=9)
+            v = bool(r[c]) if isinstance(r[c], (bool, np.bool_)) else None
+            ax.add_patch(Rectangle((j, i), 0.95, 0.9, color=colour[v]))
+            ax.text(j + 0.47, i + 0.45, {True: "identical", False: "differs", None: "n/a"}[v], ha="center",
+                    va="center", color="white", fontsize=9)
     ax.set_xlim(0, 2)
     ax.set_ylim(len(stages), 0)
     ax.set_yticks([i + 0.45 for i in range(len(stages))], stages["stage"])
     ax.set_xticks([0.47, 1.47], ["same threads", "across threads"])
     ax.set_title("bitwise (SHA-256) across executions")
-    ax = axes[1]
-    if len(variability):
-        v = variability[variability["metric"].isin(["dice", "hd95", "vol_pred_mm3"])]
-        labels = [f"{r.model} {r.label} {r.metric}" for r in v.itertuples()]
-        vals = v["sd_ratio"].clip(upper=10 * threshold).to_numpy()
-        ax.barh(range(len(v)), np.maximum(vals, threshold / 100), color=["#c62828" if a else "#2e7d32" for a in v["alert"]])
-        ax.set_yticks(range(len(v)), labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.axvline(threshold, color="k", ls="--", lw=1)
-        ax.set_xscale("log")
-        ax.set_xlabel(f"inter-execution SD / inter-subject SD (alert > {threshold:g}; 0 drawn at {threshold / 100:g})")
-    else:
+
+
+def _spread_bars(ax: Any, variability: pd.DataFrame, threshold: float) -> None:
+    if not len(variability):
         ax.text(0.5, 0.5, "no metrics stage audited", ha="center", va="center")
         ax.set_axis_off()
-    ax.set_title("metrics: test-retest variability")
-    fig.tight_layout()
-    from .util import atomic_path
-
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+        return
+    v = variability[variability["metric"].isin(SHOWN)].reset_index(drop=True)
+    positive = pd.concat([v["inter_execution_sd"], v["inter_subject_sd"]])
+    floor = float(positive[positive > 0].min()) / 10 if (positive > 0).any() else 1e-6
+    y = np.arange(len(v))
+    ax.barh(y - 0.2, np.maximum(v["inter_execution_sd"], floor), height=0.38,
+            color=["#c62828" if a else "#2e7d32" for a in v["alert"]], label="between executions")
+    ax.barh(y + 0.2, np.maximum(v["inter_subject_sd"], floor), height=0.38, color="#9e9e9e", label="between subjects")
+    for i, e in enumerate(v["inter_execution_sd"]):
+        if e == 0:
+            ax.text(floor * 1.2, i - 0.2, "0 (identical)", va="center", fontsize=7)
+    ax.set_yticks(y, [f"{r.model} {r.label} {r.metric}" for r in v.itertuples()], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel(f"SD (log scale; red: between executions > {threshold:g} x between subjects)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("metrics: spread between executions and between subjects")
 
 
 def run(config: Config, main: str | Path, out: Outputs, snakefile: Path = REPO / "Snakefile",
@@ -412,46 +448,94 @@ def run(config: Config, main: str | Path, out: Outputs, snakefile: Path = REPO /
     r, cfg = config.repro, config.to_dict()
     main = Path(main).resolve()
     execs = plan(config)
-    trees_dir = (main / r.dir).resolve()
+    trees_dir = check_trees(main, r.dir, execs)
+    audit = Audit(cfg, main, trees_dir, execs, snakefile, cores, r.vary_seed)
+    if r.mode == "chain":
+        stage_table, files, metric_trees = audit.chain(stage_range(config))
+    else:
+        stage_table, files, metric_trees = audit.stagewise([s for s in STAGES if s in r.stages], r.mode == "propagate")
+    variability = metric_variability(metric_trees, r.alert_ratio) if metric_trees else pd.DataFrame()
+    write_tsv(out.stages, stage_table)
+    write_tsv(out.files, files)
+    write_tsv(out.variability, variability)
+    dashboard(stage_table, variability, r.alert_ratio, out.dashboard)
+    lines = summary_lines(config, execs, stage_table, variability)
+    write_text(out.summary, "\n".join(lines) + "\n")
+    for line in lines:
+        (log.warning if line.startswith("ALERT") else log.info)("%s", line)
+    return stage_table
+
+
+def check_trees(main: Path, folder: str, execs: list[tuple[str, int]]) -> Path:
+    """The audit's folder: not results/ nor the workflow folder, and no execution tree in it yet."""
+    trees_dir = (main / folder).resolve()
     existing = [trees_dir / n for n, _ in execs if (trees_dir / n).exists()]
     if existing:
         raise ReproError(f"audit output tree(s) already exist: {', '.join(map(str, existing))}; remove them "
                          f"(rm -r {trees_dir}) or set repro.dir")
     results = (main / "results").resolve()
     if trees_dir == results or results in trees_dir.parents or trees_dir in results.parents or trees_dir == main:
-        raise ReproError(f"repro.dir {r.dir!r} must be a folder of its own, not results/ or the workflow folder")
-    threads = [th for _, th in execs]
-    if r.mode == "chain":
-        stages = stage_range(config)
-        trees = [execute(cfg, name, th, main, trees_dir, stages, snakefile, cores) for name, th in execs]
-        stage_table, files = compare(trees, threads, stages)
-        metric_trees = trees
-    else:
-        stages = [s for s in STAGES if s in r.stages]
-        tables, file_tables, metric_trees = [], [], []
+        raise ReproError(f"repro.dir {folder!r} must be a folder of its own, not results/ or the workflow folder")
+    return trees_dir
+
+
+class Audit:
+    """The executions of one audit (name, threads; the k-th seeded seed + k under repro.vary_seed)."""
+
+    def __init__(self, cfg: dict[str, Any], main: Path, trees: Path, execs: list[tuple[str, int]], snakefile: Path,
+                 cores: int, vary_seed: bool) -> None:
+        self.cfg, self.main, self.trees, self.execs = cfg, main, trees, execs
+        self.snakefile, self.cores, self.vary_seed = snakefile, cores, vary_seed
+        self.threads = [th for _, th in execs]
+
+    def new_trees(self, suffix: str, stages: list[str]) -> list[Path]:
+        return [execute(self.cfg, f"{name}{suffix}", th, self.main, self.trees, stages, self.snakefile, self.cores,
+                        k if self.vary_seed else 0) for k, (name, th) in enumerate(self.execs)]
+
+    def chain(self, stages: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+        """Every stage from the first chosen to the last, end to end, in every execution."""
+        trees = self.new_trees("", stages)
+        st, files = compare(trees, self.threads, stages, [n for n, _ in self.execs])
+        return st.assign(compared_on="each execution's own outputs (chain)"), files, trees
+
+    def stagewise(self, stages: list[str], propagate: bool) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+        """Each stage alone on the main run's inputs; with ``propagate``, from the first stage whose outputs
+        differ on, each execution goes on in its own tree with its own outputs."""
+        tables, file_tables, metric_trees, own = [], [], [], None
         for stage in stages:
-            trees = [execute(cfg, f"{name}/{stage}", th, main, trees_dir, [stage], snakefile, cores)
-                     for name, th in execs]
-            st, fi = compare(trees, threads, [stage])
-            tables.append(st)
+            if own is None:
+                trees, basis = self.new_trees(f"/{stage}", [stage]), "the main run's outputs"
+            else:
+                trees = [run_in_tree(t, f"{name}/{stage}", [stage], th, self.trees, self.snakefile, self.cores)
+                         for t, (name, th) in zip(own[1], self.execs)]
+                basis = f"each execution's own {own[0]} outputs (propagated)"
+            st, fi = compare(trees, self.threads, [stage], [n for n, _ in self.execs])
+            tables.append(st.assign(compared_on=basis))
             file_tables.append(fi)
+            differs = int(st["differing_files"].iloc[0]) > 0
+            if propagate and own is None and differs:
+                own = (stage, trees)
             if stage == "metrics":
                 metric_trees = trees
-        stage_table, files = pd.concat(tables, ignore_index=True), pd.concat(file_tables, ignore_index=True)
-    variability = metric_variability(metric_trees, r.alert_ratio) if metric_trees else pd.DataFrame()
-    write_tsv(out.stages, stage_table)
-    write_tsv(out.files, files)
-    write_tsv(out.variability, variability)
-    dashboard(stage_table, variability, r.alert_ratio, out.dashboard)
-    alerts = variability[variability["alert"]] if len(variability) else variability
+        return pd.concat(tables, ignore_index=True), pd.concat(file_tables, ignore_index=True), metric_trees
+
+
+def summary_lines(config: Config, execs: list[tuple[str, int]], stage_table: pd.DataFrame,
+                  variability: pd.DataFrame) -> list[str]:
+    r = config.repro
     lines = [f"reproducibility audit ({r.mode}): {len(execs)} executions ({', '.join(n for n, _ in execs)}) of "
-             f"stages {', '.join(stages)}", stage_table.to_string(index=False)]
+             f"stages {', '.join(stage_table['stage'])}", stage_table.to_string(index=False)]
+    if r.vary_seed:
+        lines.append(f"repro.vary_seed: execution k used seed {config.seed} + k (the main run's split): differences "
+                     f"measure the results' sensitivity to the seed, not their reproducibility")
+    if r.mode == "isolated":
+        lines.append("isolated mode: every stage ran on the main run's inputs, so a difference in training did not "
+                     "reach inference or the metrics: their variability below is not what training's does to results "
+                     "(repro.mode propagate measures it)")
+    alerts = variability[variability["alert"]] if len(variability) else variability
     if len(alerts):
         lines.append(f"ALERT: {len(alerts)} metric(s) vary between executions more than {r.alert_ratio:g} x "
                      f"between subjects:\n" + alerts.to_string(index=False))
     elif len(variability):
         lines.append(f"no alert: every metric's inter-execution SD is <= {r.alert_ratio:g} x its inter-subject SD")
-    write_text(out.summary, "\n".join(lines) + "\n")
-    for line in lines:
-        (log.warning if line.startswith("ALERT") else log.info)("%s", line)
-    return stage_table
+    return lines

@@ -52,9 +52,14 @@ def _convert(tp: Any, value: Any) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or len(inner) != 1:  # a choice of plain types (str | float): the value as validated
+        if value is None:
+            return None
+        if isinstance(value, str) and str in inner:  # "auto", or a choice of names
             return value
-        return _convert(inner[0], value)
+        structured = [a for a in inner if a is not str]
+        if len(structured) == 1:
+            return _convert(structured[0], value)
+        return value  # a choice of plain types (str | float): the value as validated
     if isinstance(tp, type) and issubclass(tp, Settings):
         return tp.from_dict(value)
     if origin is tuple:
@@ -184,6 +189,7 @@ class TrainSettings(Settings):
     augment: AugmentSettings
     device: str
     patch: PatchSettings
+    compute_threads: int
     workers: int
     prefetch: int
     precision: str
@@ -230,6 +236,7 @@ class ReportSettings(Settings):
 @dataclass(frozen=True)
 class ReproSettings(Settings):
     mode: str
+    vary_seed: bool
     runs: int
     stages: tuple[str, ...]
     threads: tuple[int, ...]

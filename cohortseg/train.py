@@ -295,7 +295,7 @@ class FoldTrainer:
     # -- set-up --------------------------------------------------------------------------------------
     def set_up(self) -> None:
         """Threads, seed, device, validation data, network, precision, loss, optimiser, schedule."""
-        set_threads(self.threads)
+        set_threads(self.compute_threads())
         seed_everything(self.seed, self.config.deterministic)
         self.device = resolve_device(self.tc.device)
         if not self.split["train"] or not self.split["val"]:
@@ -309,6 +309,16 @@ class FoldTrainer:
         self.loss_fn = build_loss(self.tc.loss_alpha, self.n_labels)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
         self.sched = _schedule(self.tc, self.opt)
+
+    def compute_threads(self) -> int:
+        """train.compute_threads in deterministic mode (the same weights whatever the job's threads), the
+        job's threads otherwise."""
+        if not self.config.deterministic:
+            return self.threads
+        if self.tc.compute_threads > self.threads:
+            log.warning("fold %d: train.compute_threads %d exceeds the job's %d threads (same weights, slower)",
+                        self.fold, self.tc.compute_threads, self.threads)
+        return self.tc.compute_threads
 
     def autocast(self) -> torch.autocast:
         """The training step's and validation's precision (a no-op for fp32)."""
@@ -486,7 +496,8 @@ class FoldTrainer:
         info = {**meta, "epochs_run": len(hist), "resumed_from_epoch": pr.resumed_from,
                 "train_subjects": self.split["train"], "val_subjects": self.split["val"],
                 "train_seconds_total": float(hist["seconds"].sum()), "wall_seconds_this_run": wall,
-                "device": str(self.device), "threads": self.threads, "deterministic": self.config.deterministic,
+                "device": str(self.device), "threads": self.threads, "compute_threads": self.compute_threads(),
+                "deterministic": self.config.deterministic,
                 "precision": str(self.dtype).replace("torch.", "") if self.dtype is not None else "float32",
                 "loader": {"mode": "patch" if self.tc.patch_mode else "volume", "workers": self.tc.loader_workers},
                 "versions": versions(), "config": self.config.to_dict(),
