@@ -44,19 +44,23 @@ demo: $(STAMP) $(DEMO_DATA)/cohort.json
 	end=$$(date +%s); \
 	echo ""; echo "demo finished in $$((end - start)) s"; \
 	echo "  report:          results/report.html"; \
+	echo "  comparison:      results/study/comparison.tsv (pairs.tsv: paired tests; models.tsv: size, time, memory)"; \
+	echo "  selection:       results/study/selection.json (model or ensemble and post-processing, chosen on CV)"; \
+	echo "  plans:           results/plans/plans.tsv (every automatic choice and why)"; \
 	echo "  metrics:         results/metrics/summary.tsv (per case: results/metrics/cases.tsv)"; \
 	echo "  cohort audit:    results/cohort/excluded.tsv, results/cohort/exclusion_summary.tsv"; \
-	echo "  predictions:     results/predictions/ensemble/ (in each subject's source space)"; \
+	echo "  predictions:     results/predictions/study/ (the selection, in each subject's source space)"; \
 	echo "  exported models: results/export/ (TorchScript, ONNX, 3D Slicer package; parity in export.json)"; \
 	echo ""; cat results/cohort/summary.txt; echo ""; \
-	$(BIN)/python -m cohortseg.show results/metrics/summary.tsv
+	$(BIN)/python -m cohortseg.show results
 
-# the plan of the demo: header index, selection and split run (seconds), then a dry run prints the
+# the plan of the demo: header index, selection, split, conversion and the dataset/model plans run
+# (seconds; the plans are printed first), then a dry run prints the
 # jobs per rule with their resources; the rule graph and DAG go to results/plan/ (graphviz).
 # PROFILE=profiles/slurm shows the resources and partitions a cluster run would request.
 PROFILE ?= profiles/local
 plan: $(STAMP) $(DEMO_DATA)/cohort.json
-	$(BIN)/cohortseg plan --graphs results/plan -- --profile $(PROFILE) --configfile $(DEMO_CONFIG)
+	$(BIN)/cohortseg plan --plans --graphs results/plan -- --profile $(PROFILE) --configfile $(DEMO_CONFIG)
 
 # the reproducibility audit of the demo: the main run (if not done yet), then config repro.runs
 # executions with 1 thread and one with 2 in repro/exec*/ (previous audit trees removed first),

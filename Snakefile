@@ -1,5 +1,6 @@
-# cohortseg: PACS DICOM cohort -> selection audit -> NIfTI -> preprocessing -> k-fold training
-# -> fold ensemble -> inference in source space -> metrics -> report.
+# cohortseg: PACS DICOM cohort -> selection audit -> NIfTI + dataset survey -> plans -> preprocessing
+# -> k-fold training of every model -> fold ensembles -> selection and post-processing on cross-validation
+# -> inference in source space -> metrics -> model comparison -> report.
 # A table of contents: the rules live in rules/, their logic in the cohortseg package.
 from snakemake.utils import min_version
 
@@ -17,11 +18,15 @@ include: "rules/index.smk"
 include: "rules/select.smk"
 include: "rules/prepare.smk"
 include: "rules/split.smk"
+include: "rules/plans.smk"
+include: "rules/preprocess.smk"
 include: "rules/train.smk"
 include: "rules/ensemble.smk"
-include: "rules/export.smk"
 include: "rules/infer.smk"
+include: "rules/study.smk"
+include: "rules/export.smk"
 include: "rules/metrics.smk"
+include: "rules/compare.smk"
 include: "rules/report.smk"
 include: "rules/provenance.smk"
 include: "rules/repro.smk"

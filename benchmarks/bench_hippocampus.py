@@ -1,27 +1,29 @@
-"""Quality on real data: one fold of MSD Hippocampus (../shared/data/hippocampus, 208 cases) with the
-CPU-sized config (config/hippocampus.yaml), timed, and its validation Dice per label.
+"""Quality on real data, measured as the field measures it: cohortseg against nnU-Net v2 on the 208 MSD
+Hippocampus cases (../shared/data/hippocampus), one wall-clock budget B for both, the split's test subjects
+scored once, in their original space, by the same code.
 
-Runs the stages as the workflow does, through ``cohortseg <stage>`` in a scratch folder (the data are
-read in place): index + checks, select, prepare (every shard), split, train fold 0. Prints key=value
-lines: stage times, the fold's best validation Dice per label (anterior, posterior) and their mean,
-the epoch it was reached and the training wall time. Target (issue 5): training <= 30 min on 2 cores
-and mean foreground Dice >= 0.80.
+- The split: cohortseg's (config/hippocampus.yaml, its study key in the work folder): fold 0's training and
+  validation subjects, and the held-out test subjects. The test subjects are held out from both tools'
+  training, planning and every choice.
+- cohortseg: the stages a user runs (``cohortseg index, select, split, prepare, plans, preprocess, train``),
+  auto-configured (the config sets no spacing, size, normalisation or batch: the plan does), fold 0 of the
+  config's model family with ``train.max_minutes = B`` (epochs fitted to B after the first, cosine schedule
+  completing in B), its epoch chosen on fold 0's validation subjects only; then ``cohortseg infer --images``
+  of the test subjects.
+- nnU-Net v2 (``make nnunet-env``; torchvision removed, see the Makefile): the non-test cases as its raw
+  dataset, ``nnUNetv2_plan_and_preprocess -c 3d_fullres``, fold 0 = the same train/validation subjects
+  (splits_final.json), the standard ``nnUNetTrainer`` (250 training and 50 validation iterations an epoch),
+  as many epochs as fit B at its first epoch's pace (at least one), its poly schedule fitted to them, final
+  weights; ``nnUNetv2_predict`` of the test subjects (its standard sliding window with mirroring).
+- Both tools' test predictions are scored by ``cohortseg.metrics.evaluate_case`` against the MSD label
+  files, in each case's original grid.
 
-nnU-Net v2 side (the baseline, same run): the same cases, the same fold-0 train/validation split
-(written as nnU-Net's splits_final.json) and the same training wall time on the same cores as
-cohortseg's fold 0 took. nnU-Net runs in its own environment, ``.venv-nnunet`` (``make nnunet-env``:
-nnunetv2 2.8.1 with the project's CPU torch; torchvision is removed because the only build reachable here
-is a CUDA one that fails to import beside CPU torch, and nnU-Net's 3d_fullres training does not import
-it). Its standard pipeline: ``nnUNetv2_plan_and_preprocess`` (3d_fullres), then ``nnUNetTrainer`` on the
-CPU with epochs of 50 iterations (10 validation iterations) and as many epochs as fit the budget: the
-first epoch is timed and the epoch count (and with it the poly learning-rate schedule) is set from it, so
-the schedule decays fully within the budget. Then nnU-Net's own validation (sliding window with mirroring,
-Dice per label in the original space of the validation cases). Printed: nnU-Net's Dice per label and mean,
-and ``dice_ratio`` = cohortseg mean / nnU-Net mean. cohortseg's figure is its best epoch's validation Dice
-(per-case mean on the preprocessed grid); nnU-Net's is its final weights' validation Dice.
-Without ``.venv-nnunet`` (or with ``--no-nnunet``) the comparison is skipped and said so.
-Usage: .venv/bin/python benchmarks/bench_hippocampus.py [--epochs N] [--work DIR] [--threads 2] [--no-nnunet]
-       (--work DIR --reuse: cohortseg's side from an earlier run in DIR, nnU-Net's run again)
+Printed (key=value): the split sizes, every stage's seconds for both tools, the epochs each ran, Dice per
+label and mean for both, ``reused`` (true: cohortseg's side comes from an earlier run in --work and the
+figures are not a headline), and ``dice_ratio`` = cohortseg mean / nnU-Net mean last (target >= 1.0).
+
+Usage: .venv/bin/python benchmarks/bench_hippocampus.py [--budget-min 32] [--work DIR] [--threads 2]
+       [--no-nnunet] [--reuse]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("COHORTSEG_SHARED_DATA", REPO.parent / "shared" / "data")) / "hippocampus"
+MODEL = "unet"  # config/hippocampus.yaml's train.model: its one model
 
 
 def stage(work: Path, cfg: Path, overrides: dict, *args: str) -> float:
@@ -57,12 +60,10 @@ torch.set_num_threads(threads)
 
 
 class BudgetTrainer(nnUNetTrainer):
-    # nnU-Net's trainer, its epochs shortened to 50 iterations and their number fitted to a wall-time budget
-    # nnUNetTrainer.__init__ records its own arguments by name from locals(): same signature, no *args
+    # the standard trainer (250 + 50 iterations an epoch); the number of epochs fitted to the budget after
+    # the first, and the poly schedule with it. nnUNetTrainer.__init__ records its arguments from locals().
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_iterations_per_epoch = 50
-        self.num_val_iterations_per_epoch = 10
         self.num_epochs = 1000
 
     def run_training(self):
@@ -85,7 +86,7 @@ class BudgetTrainer(nnUNetTrainer):
                 self.num_epochs = max(1, int(budget // first))
                 self.lr_scheduler.max_steps = self.num_epochs
                 print(f"nnU-Net: first epoch {first:.1f} s -> {self.num_epochs} epochs in {budget:.0f} s", flush=True)
-        self.on_train_end()
+        self.on_train_end()  # writes checkpoint_final.pth
         return time.perf_counter() - t0
 
 
@@ -94,121 +95,165 @@ plans["continue_training"] = False  # what nnunetv2.run.run_training.get_trainer
 dataset = load_json(f"{pre}/dataset.json")
 trainer = BudgetTrainer(plans, "3d_fullres", 0, dataset, device=torch.device("cpu"))
 seconds = trainer.run_training()
-trainer.perform_actual_validation(False)
-summary = load_json(f"{trainer.output_folder}/validation/summary.json")
 print("NNUNET_RESULT " + json.dumps({"train_s": seconds, "epochs": trainer.num_epochs,
-                                     "per_label": {k: v["Dice"] for k, v in summary["mean"].items()},
-                                     "mean": summary["foreground_mean"]["Dice"]}), flush=True)
+                                     "iterations_per_epoch": trainer.num_iterations_per_epoch,
+                                     "output": str(trainer.output_folder)}), flush=True)
 """
 
 
-def run_nnunet(work: Path, python: Path, labels: list[str], id_map: dict[str, str], fold: dict, cases: list[str],
-               budget: float, threads: int) -> dict:
-    """nnU-Net v2 on the same cases and fold-0 split, training for ``budget`` seconds of wall time."""
+def link_cases(folder: Path, names: list[str], images: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        src = DATA / ("imagesTr" if images else "labelsTr") / f"{name}.nii.gz"
+        dst = folder / (f"{name}_0000.nii.gz" if images else f"{name}.nii.gz")
+        if not dst.exists():
+            dst.symlink_to(src)
+
+
+def run_nnunet(work: Path, python: Path, labels: list[str], cv: list[str], fold: dict[str, list[str]],
+               test: list[str], budget_s: float, threads: int) -> dict:
+    """nnU-Net v2: plan and preprocess the cross-validation cases, train fold 0 for ``budget_s``, predict
+    the test cases; names are MSD case names."""
     raw, pre, res = work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "nnUNet_results"
     ds = raw / "Dataset004_Hippocampus"
-    for sub in ("imagesTr", "labelsTr"):
-        (ds / sub).mkdir(parents=True, exist_ok=True)
-    for subject in cases:
-        name = id_map[subject]
-        for src, dst in ((DATA / "imagesTr" / f"{name}.nii.gz", ds / "imagesTr" / f"{name}_0000.nii.gz"),
-                         (DATA / "labelsTr" / f"{name}.nii.gz", ds / "labelsTr" / f"{name}.nii.gz")):
-            if not dst.exists():
-                dst.symlink_to(src)
+    link_cases(ds / "imagesTr", cv, images=True)
+    link_cases(ds / "labelsTr", cv, images=False)
+    link_cases(work / "nnunet_test_images", test, images=True)
     (ds / "dataset.json").write_text(json.dumps({
         "channel_names": {"0": "MRI"}, "labels": {"background": 0, **{n: i + 1 for i, n in enumerate(labels)}},
-        "numTraining": len(cases), "file_ending": ".nii.gz"}))
+        "numTraining": len(cv), "file_ending": ".nii.gz"}))
     env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(res),
            "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": str(threads)}
     bindir = python.parent
+    times = {}
     t0 = time.perf_counter()
     subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres", "-np", str(threads)],
                    check=True, env=env, stdout=subprocess.DEVNULL)
-    prep_s = time.perf_counter() - t0
-    split = [{"train": [id_map[s] for s in fold["train"]], "val": [id_map[s] for s in fold["val"]]}]
-    (pre / "Dataset004_Hippocampus" / "splits_final.json").write_text(json.dumps(split))
+    times["plan_and_preprocess"] = time.perf_counter() - t0
+    (pre / "Dataset004_Hippocampus" / "splits_final.json").write_text(json.dumps([fold]))
     t0 = time.perf_counter()
-    proc = subprocess.run([str(python), "-c", NNUNET_DRIVER, str(pre / "Dataset004_Hippocampus"), str(budget), str(threads)],
-                          env=env, capture_output=True, text=True)
-    total = time.perf_counter() - t0
+    proc = subprocess.run([str(python), "-c", NNUNET_DRIVER, str(pre / "Dataset004_Hippocampus"), str(budget_s),
+                           str(threads)], env=env, capture_output=True, text=True)
+    times["train_job"] = time.perf_counter() - t0
     line = next((x for x in proc.stdout.splitlines() if x.startswith("NNUNET_RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"nnU-Net failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     out = json.loads(line.split(" ", 1)[1])
-    return {**out, "preprocess_s": prep_s, "train_and_validation_s": total}
+    t0 = time.perf_counter()
+    subprocess.run([str(bindir / "nnUNetv2_predict"), "-i", str(work / "nnunet_test_images"), "-o",
+                    str(work / "nnunet_test_pred"), "-d", "4", "-c", "3d_fullres", "-f", "0", "-chk",
+                    "checkpoint_final.pth", "-device", "cpu", "-npp", "1", "-nps", "1"],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
+    times["predict"] = time.perf_counter() - t0
+    return {**out, "times": times, "predictions": {n: work / "nnunet_test_pred" / f"{n}.nii.gz" for n in test}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-nnunet", action="store_true", help="skip the nnU-Net baseline")
-    ap.add_argument("--nnunet-python", default=str(REPO / ".venv-nnunet" / "bin" / "python"))
-    ap.add_argument("--reuse", action="store_true",
-                    help="take cohortseg's side from an earlier run in --work (its times and history) and run nnU-Net")
-    ap.add_argument("--nnunet-budget", type=float, default=None,
-                    help="nnU-Net training seconds (default: cohortseg's fold-0 training time; smaller for a smoke test)")
-    args = ap.parse_args()
-    if not DATA.exists():
-        sys.exit(f"{DATA} is missing (see ../shared/README.md)")
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench_hippocampus_"))
-    work.mkdir(parents=True, exist_ok=True)
-    cfg = REPO / "config" / "hippocampus.yaml"
-    over: dict = {"nifti": {"images": str(DATA / "imagesTr"), "labels": str(DATA / "labelsTr")}}
-    if args.epochs:
-        over["train"] = {"epochs": args.epochs}
+def score(predictions: dict[str, Path], labels: list[str]) -> dict[str, float]:
+    """Mean Dice per label over the test cases, each prediction against the MSD label file in its grid."""
+    import numpy as np
+
+    from cohortseg.metrics import Config, evaluate_case
+    from cohortseg.config import load
+
+    settings = Config.from_config(load(None, {"labels": labels})).metrics
+    rows = [r for name, pred in predictions.items()
+            for r in evaluate_case(pred, DATA / "labelsTr" / f"{name}.nii.gz", labels, settings)]
+    per = {lab: float(np.mean([r["dice"] for r in rows if r["label"] == lab])) for lab in labels}
+    return {**per, "mean": float(np.mean(list(per.values())))}
+
+
+def run_cohortseg(work: Path, cfg: Path, over: dict, threads: int) -> dict[str, float]:
     import pandas as pd
 
     from cohortseg.config import load
     from cohortseg.prepare import shards
 
     conf = load(cfg, over)
+    times = {"index": stage(work, cfg, over, "index"), "select": stage(work, cfg, over, "select"),
+             "split": stage(work, cfg, over, "split")}
+    inc = list(pd.read_csv(work / "results" / "cohort" / "included.tsv", sep="\t")["subject"])
+    t0 = time.perf_counter()
+    for sh in sorted(shards(inc, conf["pseudonym"]["prefix"], conf["prepare"]["subjects_per_job"])):
+        stage(work, cfg, over, "prepare", "--shard", sh, "--threads", str(threads))
+    times["prepare"] = time.perf_counter() - t0
+    times["plans"] = stage(work, cfg, over, "plans")
+    splits = json.loads((work / "results" / "splits.json").read_text())
+    todo = splits["folds"][0]["train"] + splits["folds"][0]["val"] + splits["test"]
+    times["preprocess"] = stage(work, cfg, over, "preprocess", *todo, "--threads", str(threads))
+    times["train_fold0"] = stage(work, cfg, over, "train", "0", "--model-name", MODEL, "--threads", str(threads))
+    (work / "test_images").mkdir(exist_ok=True)
+    images = []
+    for s in splits["test"]:  # named by subject: --images names each prediction after its file
+        link = work / "test_images" / f"{s}.nii.gz"
+        if not link.exists():
+            link.symlink_to(work / "results" / "nifti" / s / "image.nii.gz")
+        images.append(str(link))
+    times["predict"] = stage(work, cfg, over, "infer", "--model", f"results/models/{MODEL}/fold0/model.pt",
+                             "--images", *images, "--out-dir", "test_pred", "--threads", str(threads))
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget-min", type=float, default=32.0, help="training wall time B of both tools (minutes)")
+    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-nnunet", action="store_true", help="skip the nnU-Net baseline")
+    ap.add_argument("--nnunet-python", default=str(REPO / ".venv-nnunet" / "bin" / "python"))
+    ap.add_argument("--reuse", action="store_true", help="cohortseg's side from an earlier run in --work (never a headline)")
+    args = ap.parse_args()
+    if not DATA.exists():
+        sys.exit(f"{DATA} is missing (see ../shared/README.md)")
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_hippocampus_"))
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = REPO / "config" / "hippocampus.yaml"
+    over = {"nifti": {"images": str(DATA / "imagesTr"), "labels": str(DATA / "labelsTr")},
+            "train": {"max_minutes": args.budget_min}}
     times_file = work / "bench_times.json"
     if args.reuse:
         if not times_file.exists():
             sys.exit(f"--reuse: {times_file} is missing (run once without --reuse)")
         times = json.loads(times_file.read_text())
-        inc = pd.read_csv(work / "results" / "cohort" / "included.tsv", sep="\t")
     else:
-        times = {"index": stage(work, cfg, over, "index"), "select": stage(work, cfg, over, "select")}
-        inc = pd.read_csv(work / "results" / "cohort" / "included.tsv", sep="\t")
-        t0 = time.perf_counter()
-        for sh in sorted(shards(list(inc["subject"]), conf["pseudonym"]["prefix"], conf["prepare"]["shard_digits"])):
-            stage(work, cfg, over, "prepare", "--shard", sh, "--threads", str(args.threads))
-        times["prepare"] = time.perf_counter() - t0
-        times["split"] = stage(work, cfg, over, "split")
-        times["train_fold0"] = stage(work, cfg, over, "train", "0", "--threads", str(args.threads))
+        times = run_cohortseg(work, cfg, over, args.threads)
         times_file.write_text(json.dumps(times))
-    hist = pd.read_csv(work / "results" / "models" / "fold0" / "history.tsv", sep="\t")
-    best = hist.loc[hist["val_dice"].idxmax()]
+    labels = ["anterior", "posterior"]
     splits = json.loads((work / "results" / "splits.json").read_text())
-    print(f"cases={len(inc)} train={len(splits['folds'][0]['train'])} val={len(splits['folds'][0]['val'])} "
-          f"test={len(splits['test'])}")
+    ids = dict(line.split("\t") for line in (work / "private" / "id_map.tsv").read_text().splitlines()[1:] if line)
+    test = {ids[s]: work / "test_pred" / f"{s}.nii.gz" for s in splits["test"]}  # MSD name -> prediction
+    fold = {k: [ids[s] for s in splits["folds"][0][k]] for k in ("train", "val")}
+    cv = sorted({ids[s] for f in splits["folds"] for s in f["train"] + f["val"]})
+    info = json.loads((work / "results" / "models" / MODEL / "fold0" / "train.json").read_text())
+    plans = json.loads((work / "results" / "plans" / "plans.json").read_text())
+    print(f"reused={'true' if args.reuse else 'false'} budget_min={args.budget_min} threads={args.threads}")
+    print(f"cases={len(ids)} train={len(fold['train'])} val={len(fold['val'])} test={len(test)}")
+    print(f"plan_spacing={plans['dataset']['preprocess']['spacing']} plan_size={plans['dataset']['preprocess']['size']} "
+          f"plan_normalisation={plans['dataset']['preprocess']['normalisation']} "
+          f"plan_batch={plans['models'][MODEL]['batch_size']} plan_window={plans['models'][MODEL]['window']}")
     for k, v in times.items():
-        print(f"{k}_s={v:.1f}")
-    print(f"epochs_run={len(hist)} best_epoch={int(best['epoch'])} seconds_per_epoch={hist['seconds'].mean():.2f}")
-    for name in conf["labels"]:
-        print(f"val_dice_{name}={best[f'val_dice_{name}']:.4f}")
-    ours = float(best["val_dice"])
+        print(f"cohortseg_{k}_s={v:.1f}")
+    print(f"cohortseg_epochs={info['epochs_run']} cohortseg_best_epoch={info['best_epoch']} "
+          f"cohortseg_val_dice_best_epoch={info['best_val_dice']:.4f}")
+    ours = score(test, labels)
+    for lab in labels:
+        print(f"cohortseg_test_dice_{lab}={ours[lab]:.4f}")
+    print(f"cohortseg_test_dice_mean={ours['mean']:.4f}")
     nn_python = Path(args.nnunet_python)
     if args.no_nnunet or not nn_python.exists():
         print(f"nnunet=not_run ({'--no-nnunet' if args.no_nnunet else f'{nn_python} missing: make nnunet-env'})")
         print(f"workdir={work}")
-        print(f"val_dice_mean={ours:.4f}")
         return
-    rows = (work / "private" / "id_map.tsv").read_text().splitlines()[1:]  # subject -> case name (MSD file stem)
-    id_map = dict(line.split("\t") for line in rows if line)
-    nn = run_nnunet(work, nn_python, list(conf["labels"]), id_map, splits["folds"][0], list(inc["subject"]),
-                    args.nnunet_budget or times["train_fold0"], args.threads)
-    print(f"nnunet_preprocess_s={nn['preprocess_s']:.1f} nnunet_train_s={nn['train_s']:.1f} "
-          f"nnunet_epochs={nn['epochs']} nnunet_train_and_validation_s={nn['train_and_validation_s']:.1f}")
-    for i, name in enumerate(conf["labels"], start=1):
-        print(f"nnunet_val_dice_{name}={nn['per_label'][str(i)]:.4f}")
-    print(f"nnunet_val_dice_mean={nn['mean']:.4f}")
+    nn = run_nnunet(work, nn_python, labels, cv, fold, list(test), args.budget_min * 60, args.threads)
+    for k, v in nn["times"].items():
+        print(f"nnunet_{k}_s={v:.1f}")
+    print(f"nnunet_train_s={nn['train_s']:.1f} nnunet_epochs={nn['epochs']} "
+          f"nnunet_iterations_per_epoch={nn['iterations_per_epoch']}")
+    theirs = score(nn["predictions"], labels)
+    for lab in labels:
+        print(f"nnunet_test_dice_{lab}={theirs[lab]:.4f}")
+    print(f"nnunet_test_dice_mean={theirs['mean']:.4f}")
     print(f"workdir={work}")
-    print(f"val_dice_mean={ours:.4f}")
-    print(f"dice_ratio={ours / nn['mean']:.3f}" if nn["mean"] > 0 else "dice_ratio=inf (nnU-Net's Dice is 0)")
+    print(f"dice_ratio={ours['mean'] / theirs['mean']:.3f}" if theirs["mean"] > 0 else "dice_ratio=inf (nnU-Net's Dice is 0)")
 
 
 if __name__ == "__main__":

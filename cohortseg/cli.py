@@ -63,14 +63,30 @@ def cmd_convert(a: argparse.Namespace) -> None:
         run_mask(len(config.labels), a.subject, out / "image.nii.gz", priv / "masks.json", out / "label.nii.gz")
 
 
-def cmd_preprocess(a: argparse.Namespace) -> None:
-    from .prepare import Config
-    from .preprocess import run
+def cmd_plans(a: argparse.Namespace) -> None:
+    from .config import model_config, model_names
+    from .plans import Config, run_dataset, run_model, run_summary, table
+    from .util import read_json
 
-    config = Config.from_config(_cfg(a))
-    src, dst = Path(a.nifti) / a.subject, Path(a.out) / a.subject
-    run(config.preprocess, len(config.labels), a.subject, src / "image.nii.gz", src / "label.nii.gz", dst / "image.nii",
-        dst / "label.nii", dst / "info.json")
+    cfg = _cfg(a)
+    splits = read_json(a.splits)
+    cv = sorted({s for f in splits["folds"] for s in f["train"] + f["val"]})
+    out = Path(a.out)
+    dataset = run_dataset(Config.from_config(cfg), [read_json(Path(a.nifti) / s / "survey.json") for s in cv],
+                          str(out / "dataset.json"))
+    models = {m: run_model(Config.from_config(model_config(cfg, m)), m, dataset, str(out / "models" / f"{m}.json"))
+              for m in model_names(cfg)}
+    run_summary(dataset, models, str(out / "plans.json"), str(out / "plans.tsv"))
+    print(table(read_json(out / "plans.json")))
+
+
+def cmd_preprocess(a: argparse.Namespace) -> None:
+    from .codehash import fingerprint
+    from .preprocess import Config, run
+
+    cfg = _cfg(a)
+    run(Config.from_config(cfg), a.plan, a.subjects, a.nifti, a.out, a.manifest, "cli", fingerprint("preprocess", cfg),
+        a.threads)
 
 
 def cmd_prepare(a: argparse.Namespace) -> None:
@@ -92,7 +108,7 @@ def cmd_prepare(a: argparse.Namespace) -> None:
         manifest = Path(a.manifests) / f"{shard}.json" if only is None else None
         stamp = fingerprint("prepare", cfg, SUBJECT_SECTIONS)
         m = run(config, shard, a.included, priv / "series_files.json", priv / "masks.json", manifest, stamp,
-                Folders(a.nifti, a.preproc), a.threads, only=only, force=a.force or only is not None)
+                Folders(a.nifti), a.threads, only=only, force=a.force or only is not None)
         print(f"shard {shard}: {m['n_subjects']} subjects, {m['n_prepared']} prepared, "
               f"{m['n_subjects'] - m['n_prepared']} up to date")
 
@@ -103,32 +119,85 @@ def cmd_split(a: argparse.Namespace) -> None:
     run(Config.from_config(_cfg(a)), a.included, a.out)
 
 
+def _model(cfg: dict[str, Any], name: str | None) -> str:
+    from .config import model_names
+
+    names = model_names(cfg)
+    if name is None and len(names) > 1:
+        raise ValueError(f"the study has several models ({', '.join(names)}): name one with --model-name")
+    return name or names[0]
+
+
 def cmd_train(a: argparse.Namespace) -> None:
     from .codehash import stage_hash
+    from .config import model_config
     from .train import Config, FoldPaths, train_fold
+    from .util import read_json
 
-    splits = json.loads(Path(a.splits).read_text())
-    train_fold(Config.from_config(_cfg(a)), a.fold, splits, FoldPaths.default(a.preproc, a.out, a.checkpoints, a.fold),
-               stage_hash("train"), a.threads)
+    cfg = _cfg(a)
+    model = _model(cfg, a.model_name)
+    config = Config.from_config(model_config(cfg, model)).with_plans(read_json(Path(a.plans) / "dataset.json"),
+                                                                     read_json(Path(a.plans) / "models" / f"{model}.json"))
+    train_fold(config, a.fold, read_json(a.splits),
+               FoldPaths.default(a.preproc, Path(a.out) / model, Path(a.checkpoints) / model, a.fold),
+               stage_hash("train"), a.threads, model)
 
 
 def cmd_ensemble(a: argparse.Namespace) -> None:
     from .ensemble import Config, run
 
-    config = Config.from_config(_cfg(a))
-    run(config, [str(Path(a.models) / f"fold{k}" / "model.pt") for k in range(config.split.folds)], a.out)
+    cfg = _cfg(a)
+    model = _model(cfg, a.model_name)
+    config = Config.from_config(cfg)
+    folder = Path(a.models) / model
+    run(config, [str(folder / f"fold{k}" / "model.pt") for k in range(config.split.folds)], folder / "ensemble.json",
+        model)
+
+
+def cmd_study(a: argparse.Namespace) -> None:
+    from .config import model_names
+    from .study import Config, run
+    from .util import read_json
+
+    cfg = _cfg(a)
+    models = model_names(cfg)
+    pred = Path(a.predictions)
+    cases = [(s, {m: str(pred / m / f"fold{k}" / f"{s}.probs.npz") for m in models}, str(Path(a.nifti) / s / "label.nii.gz"))
+             for k, f in enumerate(read_json(a.splits)["folds"]) for s in f["val"]]
+    sel = run(Config.from_config(cfg), cases, models, Path(a.out) / "selection.json", Path(a.out) / "selection.tsv")
+    print(f"selected {sel['selected']['candidate']} (CV mean Dice {sel['selected']['mean_dice']:.4f}); post-processing "
+          f"{sel['postprocessing']} -> {sel['cv_mean_dice_with_postprocessing']:.4f}")
+
+
+def cmd_compare(a: argparse.Namespace) -> None:
+    from .compare import Config, Outputs, run
+    from .config import model_names
+
+    cfg = _cfg(a)
+    folds = [Path(a.models) / m / f"fold{k}" for m in model_names(cfg) for k in range(cfg["split"]["folds"])]
+    out = Path(a.out)
+    run(Config.from_config(cfg), str(Path(a.metrics) / "cases.tsv"), str(Path(a.metrics) / "timing.tsv"),
+        [str(f / "train.json") for f in folds], [str(f / "history.tsv") for f in folds],
+        Outputs(str(out / "comparison.tsv"), str(out / "pairs.tsv"), str(out / "models.tsv"),
+                str(out / "learning_curves.png")))
+    print((out / "comparison.tsv").read_text())
 
 
 def cmd_export(a: argparse.Namespace) -> None:
+    from .config import model_names
     from .export import Config, run
 
+    cfg = _cfg(a)
     out = Path(a.out)
-    info = run(Config.from_config(_cfg(a)), a.ensemble, out, a.volume, a.threads)
-    for stem, m in info["models"].items():
-        print(f"{stem}: {out / m['torchscript']} {out / m['onnx']} (max abs diff TorchScript "
-              f"{m['torchscript_max_abs_diff']:.3g}, ONNX {m['onnx_max_abs_diff']:.3g})")
-    slicer = info["slicer"]
-    print(f"3D Slicer package: {out / slicer['zip'] if 'zip' in slicer else slicer['skipped']}")
+    manifests = [str(Path(a.models) / m / "ensemble.json") for m in model_names(cfg)]
+    index = run(Config.from_config(cfg), manifests, a.selection, out, a.volume, a.threads)
+    for model, entry in index["models"].items():
+        info = json.loads((out / model / "export.json").read_text())
+        for stem, m in info["models"].items():
+            print(f"{model} {stem}: {out / model / m['torchscript']} {out / model / m['onnx']} (max abs diff TorchScript "
+                  f"{m['torchscript_max_abs_diff']:.3g}, ONNX {m['onnx_max_abs_diff']:.3g})")
+        slicer = info["slicer"]
+        print(f"{model} 3D Slicer package: {out / model / slicer['zip'] if 'zip' in slicer else slicer['skipped']}")
 
 
 def cmd_infer(a: argparse.Namespace) -> None:
@@ -138,7 +207,8 @@ def cmd_infer(a: argparse.Namespace) -> None:
 
     config = Config.from_config(_cfg(a))
     if sum(bool(x) for x in (a.model, a.ensemble, a.exported)) != 1:
-        raise ValueError("give one of --model (repeatable), --ensemble or --exported")
+        raise ValueError("give one of --model (repeatable), --ensemble (repeatable, with --selection: the study's "
+                         "choice among them) or --exported")
     if bool(a.image and a.out) == bool(a.images and a.out_dir):
         raise ValueError("give IMAGE OUT, or --images ... --out-dir DIR (many images, the models loaded once)")
     if a.image:
@@ -150,7 +220,7 @@ def cmd_infer(a: argparse.Namespace) -> None:
             raise ValueError("--images: two images have the same file name")
         d = Path(a.out_dir)
         cases = [(s, i, str(d / f"{s}.nii.gz"), str(d / f"{s}.json")) for s, i in zip(stems, a.images)]
-    run(config, a.name, cases, a.model or None, a.ensemble, a.threads, exported=a.exported)
+    run(config, a.name, cases, a.model or None, a.ensemble, a.threads, exported=a.exported, selection=a.selection)
 
 
 def cmd_metrics(a: argparse.Namespace) -> None:
@@ -187,7 +257,13 @@ def cmd_plan(a: argparse.Namespace) -> None:
     from .plan import run
 
     args = a.snakemake_args[1:] if a.snakemake_args[:1] == ["--"] else a.snakemake_args
-    table = run(args, a.graphs)
+    table = run(args, a.graphs, plans=a.plans)
+    if a.plans:
+        from .plans import table as plans_table
+        from .util import read_json
+
+        print(plans_table(read_json("results/plans/plans.json")))
+        print("every choice, its source (plan or config) and why: results/plans/plans.tsv\n")
     print(table.to_string(index=False))
     if a.graphs:
         print(f"rule graph and job DAG: {a.graphs}/rulegraph.svg, {a.graphs}/dag.svg")
@@ -230,39 +306,61 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--included", default="results/cohort/included.tsv")
     sp.add_argument("--out", default="results/nifti")
 
-    sp = add("preprocess", cmd_preprocess, "reorient/resample/normalise/crop-pad one subject")
-    sp.add_argument("subject")
+    sp = add("plans", cmd_plans, "the dataset plan and every model's plan from the cross-validation subjects' surveys")
+    sp.add_argument("--splits", default="results/splits.json")
+    sp.add_argument("--nifti", default="results/nifti")
+    sp.add_argument("--out", default="results/plans")
+
+    sp = add("preprocess", cmd_preprocess, "reorient/resample/normalise/pad subjects by the dataset plan")
+    sp.add_argument("subjects", nargs="+")
+    sp.add_argument("--plan", default="results/plans/dataset.json")
     sp.add_argument("--nifti", default="results/nifti")
     sp.add_argument("--out", default="results/preproc")
+    sp.add_argument("--manifest", default="results/preprocessed/cli.json")
+    sp.add_argument("--threads", type=int, default=1)
 
-    sp = add("prepare", cmd_prepare, "convert, import the mask and preprocess subjects (one shard or named subjects)")
+    sp = add("prepare", cmd_prepare, "convert, import the mask and survey subjects (one shard or named subjects)")
     sp.add_argument("subjects", nargs="*", help="subjects to redo (always redone); or --shard")
     sp.add_argument("--shard", help="prepare a whole shard (skips up-to-date subjects) and write its manifest")
     sp.add_argument("--force", action="store_true", help="redo up-to-date subjects too")
     sp.add_argument("--threads", type=int, default=1)
     sp.add_argument("--included", default="results/cohort/included.tsv")
     sp.add_argument("--nifti", default="results/nifti")
-    sp.add_argument("--preproc", default="results/preproc")
     sp.add_argument("--manifests", default="results/prepared")
 
     sp = add("split", cmd_split, "seeded k-fold split with held-out test set")
     sp.add_argument("--included", default="results/cohort/included.tsv")
     sp.add_argument("--out", default="results/splits.json")
 
-    sp = add("train", cmd_train, "train one fold")
+    sp = add("train", cmd_train, "train one fold of one model")
     sp.add_argument("fold", type=int)
+    sp.add_argument("--model-name", help="the model (config `models`; needed when the study has several)")
+    sp.add_argument("--plans", default="results/plans")
     sp.add_argument("--splits", default="results/splits.json")
     sp.add_argument("--preproc", default="results/preproc")
     sp.add_argument("--out", default="results/models")
     sp.add_argument("--checkpoints", default="results/checkpoints")
     sp.add_argument("--threads", type=int, default=1)
 
-    sp = add("ensemble", cmd_ensemble, "check every declared fold and write the ensemble manifest")
+    sp = add("ensemble", cmd_ensemble, "check every declared fold of a model and write its ensemble manifest")
+    sp.add_argument("--model-name", help="the model (config `models`; needed when the study has several)")
     sp.add_argument("--models", default="results/models")
-    sp.add_argument("--out", default="results/models/ensemble.json")
 
-    sp = add("export", cmd_export, "TorchScript/ONNX of each fold and the ensemble (parity-checked) and a 3D Slicer package")
-    sp.add_argument("--ensemble", default="results/models/ensemble.json")
+    sp = add("study", cmd_study, "choose the model/ensemble and post-processing on the cross-validation predictions")
+    sp.add_argument("--splits", default="results/splits.json")
+    sp.add_argument("--predictions", default="results/predictions")
+    sp.add_argument("--nifti", default="results/nifti")
+    sp.add_argument("--out", default="results/study")
+
+    sp = add("compare", cmd_compare, "the models side by side: bootstrap CIs, paired tests, time, memory, curves")
+    sp.add_argument("--metrics", default="results/metrics")
+    sp.add_argument("--models", default="results/models")
+    sp.add_argument("--out", default="results/study")
+
+    sp = add("export", cmd_export, "TorchScript/ONNX of the selected models' folds and ensembles (parity-checked), "
+                                   "3D Slicer packages")
+    sp.add_argument("--models", default="results/models")
+    sp.add_argument("--selection", default="results/study/selection.json")
     sp.add_argument("--out", default="results/export")
     sp.add_argument("--volume", help="preprocessed image for the parity check (default: a seeded normal volume)")
     sp.add_argument("--threads", type=int, default=1)
@@ -275,12 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", default="ensemble")
     sp.add_argument("--case", default="case")
     sp.add_argument("--model", action="append", help="fold model.pt (repeatable)")
-    sp.add_argument("--ensemble", help="ensemble manifest (results/models/ensemble.json)")
-    sp.add_argument("--exported", help="exported program, results/export/<name>.ts or .onnx (reads export.json beside it)")
+    sp.add_argument("--ensemble", action="append", help="a model's ensemble manifest (results/models/<model>/ensemble.json)")
+    sp.add_argument("--selection", help="the study's selection (results/study/selection.json): with --ensemble of its "
+                                        "models, predicts as the workflow's final inference (post-processing too)")
+    sp.add_argument("--exported", help="exported program, results/export/<model>/<name>.ts or .onnx (reads export.json "
+                                       "beside it)")
     sp.add_argument("--threads", type=int, default=1)
 
     sp = add("metrics", cmd_metrics, "Dice/IoU/HD95/HD/average HD/volumes per case and summaries")
-    sp.add_argument("--pair", action="append", required=True, help="model,subject,prediction.nii.gz,reference.nii.gz")
+    sp.add_argument("--pair", action="append", required=True,
+                    help="model,predictor,set,subject,prediction.nii.gz,reference.nii.gz (set: cv or test)")
     sp.add_argument("--train-info", action="append")
     sp.add_argument("--pred-info", action="append")
     sp.add_argument("--out", default="results/metrics")
@@ -294,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("plan", cmd_plan, "jobs per rule with resources (dry run) and the rule graph / DAG", config=False)
     sp.add_argument("--graphs", help="folder for rulegraph.svg and dag.svg (graphviz)")
+    sp.add_argument("--plans", action="store_true",
+                    help="also convert the cohort and make the dataset and model plans (results/plans/), printed first")
     sp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="arguments for snakemake, e.g. --profile profiles/slurm")
 
     sp = add("repro", cmd_repro, "reproducibility audit: re-execute stages in separate trees and compare (config repro)")

@@ -24,15 +24,17 @@ class Config(StageConfig):
     split: SplitSettings
 
 
-def build_ensemble(fold_models: list[str], n_folds: int, out: str | Path) -> dict[str, Any]:
-    """Manifest of exactly the declared folds; any missing or inconsistent fold is an error."""
+def build_ensemble(fold_models: list[str], n_folds: int, out: str | Path, model: str = "") -> dict[str, Any]:
+    """Manifest of exactly the declared folds of ``model``; a missing or inconsistent fold is an error naming
+    the model."""
     if len(fold_models) != n_folds:
-        raise ValueError(f"ensemble needs all {n_folds} declared folds, got {len(fold_models)}")
+        raise ValueError(f"model {model!r}: its ensemble needs all {n_folds} declared folds, got {len(fold_models)}")
     entries, ref_meta = [], None
     for k, path in enumerate(fold_models):
         info = Path(path).parent / "train.json"
         if not Path(path).exists() or not info.exists():
-            raise FileNotFoundError(f"fold {k} model {path} is missing: an ensemble is never built from fewer folds")
+            raise FileNotFoundError(f"model {model!r}: fold {k} ({path}) is missing: an ensemble is never built from "
+                                    "fewer folds")
         meta = json.loads(info.read_text())
         if meta["fold"] != k:
             raise ValueError(f"{path} holds fold {meta['fold']}, expected fold {k}")
@@ -42,11 +44,11 @@ def build_ensemble(fold_models: list[str], n_folds: int, out: str | Path) -> dic
         elif key != ref_meta:
             raise ValueError(f"fold {k} model differs in labels/size/architecture from fold 0: {key} vs {ref_meta}")
         entries.append({"fold": k, "path": str(path), "sha256": sha256(path), "best_val_dice": meta["best_val_dice"]})
-    manifest = {"n_folds": n_folds, "folds": entries}
+    manifest = {"model": model, "n_folds": n_folds, "folds": entries}
     write_json(out, manifest)
     return manifest
 
 
-def run(config: Config, fold_models: list[str], out: str | Path) -> dict[str, Any]:
-    """The stage: the manifest of the ``split.folds`` declared fold models."""
-    return build_ensemble(fold_models, config.split.folds, out)
+def run(config: Config, fold_models: list[str], out: str | Path, model: str = "") -> dict[str, Any]:
+    """The stage: the manifest of model ``model``'s ``split.folds`` declared fold models."""
+    return build_ensemble(fold_models, config.split.folds, out, model)

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .exported import onnx_predictor, torchscript_predictor
-from .model import build_model, load_model, n_outputs, probabilities
+from .model import build_model, load_model, n_outputs, probabilities, recorded_settings
 from .settings import ExportSettings, StageConfig, TrainSettings
 from .util import atomic_path, log, set_threads, write_json
 from .window import KNOWN, model_padding, sliding_window
@@ -216,7 +216,7 @@ def slicer_package(model_path: str | Path, out_zip: str | Path, name: str, versi
     n_labels = len(meta["labels"])
     padding = model_padding(meta, str(model_path))
     config = {
-        "network": network_spec(TrainSettings.from_dict(meta["train"]), n_labels, meta["size"]),
+        "network": network_spec(recorded_settings(meta["train"]), n_labels, meta["size"]),
         "input_padding": padding,
         "roi_size": list(meta["size"]), "resample_resolution": [float(s) for s in pp["spacing"]],
         "orientation_ras": True, "crop_foreground": False, "normalize_mode": "meanstd", "intensity_bounds": [0, 1],
@@ -259,24 +259,28 @@ every axis and without zero-valued voxels. For any other image use `cohortseg in
 """
 
 
-def run(config: Config, manifest_path: str | Path, out_dir: str | Path, volume: str | Path | None = None,
-        threads: int = 1) -> dict[str, Any]:
-    """Export every fold of the ensemble manifest and the ensemble into ``out_dir``, with the parity of
-    each and the Slicer package; ``out_dir/export.json`` records them."""
-    set_threads(threads)
+def export_model(config: Config, manifest_path: str | Path, out: Path, volume: str | Path | None,
+                 selection: dict[str, Any]) -> dict[str, Any]:
+    """Export every fold of one model's ensemble manifest and the ensemble into ``out``, with the parity of
+    each and the Slicer package; ``out/export.json`` records them and the study's selection."""
     tolerance = config.export.tolerance
     torch.manual_seed(config.seed)
     manifest = json.loads(Path(manifest_path).read_text())
-    out = Path(out_dir)
     loaded = [load_model(e["path"], "cpu") for e in manifest["folds"]]
     meta = loaded[0][1]
     size, n_labels = list(meta["size"]), len(meta["labels"])
     padding = model_padding(meta, str(manifest["folds"][0]["path"]))
     vol = test_volume(size, volume, config.seed)
-    info: dict[str, Any] = {"window": size, "labels": meta["labels"], "preprocess": meta["preprocess"],
-                            "input_padding": padding,
+    alone = selection["selected"]["models"] == [manifest["model"]]
+    info: dict[str, Any] = {"model": manifest["model"], "window": size, "labels": meta["labels"],
+                            "preprocess": meta["preprocess"], "input_padding": padding,
                             "test_volume": "preprocessed test image" if volume is not None else "seeded normal volume",
-                            "tolerance": tolerance, "models": {}}
+                            "tolerance": tolerance, "models": {},
+                            # the study's choice (cohortseg.study): its post-processing belongs to this model's
+                            # ensemble only when the study selected this model alone
+                            "study_selection": {"models": selection["selected"]["models"],
+                                                "postprocessing": selection["postprocessing"]},
+                            "postprocessing": selection["postprocessing"] if alone else None}
     units = [(f"fold{e['fold']}", Probabilities([m], n_labels)) for e, (m, _) in zip(manifest["folds"], loaded)]
     units.append(("ensemble", Probabilities([m for m, _ in loaded], n_labels)))
     for stem, module in units:
@@ -286,16 +290,34 @@ def run(config: Config, manifest_path: str | Path, out_dir: str | Path, volume: 
         # no timings in export.json: the same models give the same bytes (checked by the SLURM test)
         info["models"][stem] = {"torchscript": ts_path.name, "onnx": onnx_path.name, "n_models": len(module.models),
                                 **diffs}
-        log.info("export %s in %.1f s: TorchScript max abs diff %.3g, ONNX %.3g", stem, time.time() - t0,
-                 diffs["torchscript_max_abs_diff"], diffs["onnx_max_abs_diff"])
+        log.info("export %s %s in %.1f s: TorchScript max abs diff %.3g, ONNX %.3g", manifest["model"], stem,
+                 time.time() - t0, diffs["torchscript_max_abs_diff"], diffs["onnx_max_abs_diff"])
         worst = max(diffs.values())
         if worst > tolerance:
-            raise RuntimeError(f"export {stem}: exported program differs from PyTorch by {worst:.3g} > {tolerance}")
+            raise RuntimeError(f"export {manifest['model']} {stem}: exported program differs from PyTorch by "
+                               f"{worst:.3g} > {tolerance}")
     if meta["preprocess"]["normalisation"] == "zscore":
         best = max(manifest["folds"], key=lambda e: e["best_val_dice"])
-        name = f"cohortseg-{config.study}"
+        name = f"cohortseg-{config.study}-{manifest['model']}"
         info["slicer"] = slicer_package(best["path"], out / f"{name}-v1.0.0.zip", name, "1.0.0")
     else:
-        info["slicer"] = {"skipped": "percentile-normalised model: the Slicer extension normalises by z-score"}
+        info["slicer"] = {"skipped": f"{meta['preprocess']['normalisation']}-normalised model: the Slicer extension "
+                                     "normalises by z-score"}
     write_json(out / "export.json", info)
     return info
+
+
+def run(config: Config, manifest_paths: list[str], selection_path: str | Path, out_dir: str | Path,
+        volume: str | Path | None = None, threads: int = 1) -> dict[str, Any]:
+    """Export the models the study selected (results/study/selection.json), each into ``out_dir/<model>/``;
+    ``out_dir/export.json`` lists them with the selection."""
+    set_threads(threads)
+    selection = json.loads(Path(selection_path).read_text())
+    by_model = {json.loads(Path(p).read_text())["model"]: p for p in manifest_paths}
+    out = Path(out_dir)
+    exported = {m: export_model(config, by_model[m], out / m, volume, selection) for m in selection["selected"]["models"]}
+    index = {"selection": {"models": selection["selected"]["models"], "postprocessing": selection["postprocessing"],
+                           "cv_mean_dice": selection["cv_mean_dice_with_postprocessing"]},
+             "models": {m: {"folder": m, "programs": sorted(info["models"])} for m, info in exported.items()}}
+    write_json(out / "export.json", index)
+    return index

@@ -50,4 +50,6 @@ def load_program(path: str | Path) -> tuple[list[Callable[[torch.Tensor], torch.
             "source": str(path), "n_models": int(entry.get("n_models", 1))}
     if "input_padding" in info:
         meta["input_padding"] = info["input_padding"]
+    if info.get("postprocessing"):  # the study selected this model alone: its post-processing goes with it
+        meta["postprocessing"] = info["postprocessing"]
     return [predictor], meta

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from .model import discretise, load_ensemble, load_model, probabilities
-from .preprocess import Volume, check_image, inference_volume, limit_threads, resample_like
+from .volume import Volume, check_image, inference_volume, limit_threads, resample_like
 from .settings import InferSettings, PreprocessSettings, StageConfig
 from .util import import_nibabel, log, resolve_device, save_nifti, seed_everything, set_threads, write_json
 
@@ -67,63 +68,101 @@ def average_probabilities(predictors: list[Predictor], x: torch.Tensor, window: 
     return acc / n
 
 
-def predict(predictors: list[Predictor], meta: dict[str, Any], settings: InferSettings, image_path: str | Path,
-            device: torch.device | str = "cpu") -> tuple[nib.Nifti1Image, dict[str, Any]]:
-    """The source-space segmentation of ``image_path`` by ``predictors``, which share ``meta`` (labels,
-    window ``size``, ``preprocess`` and ``input_padding`` of the model file or export)."""
-    n_labels = len(meta["labels"])
-    padding = model_padding(meta, str(meta.get("source", "model")))
-    # the model's own preprocessing, so a model folder is self-contained
-    source, pre = inference_volume(image_path, PreprocessSettings.from_dict(meta["preprocess"]))
-    check_image(source.data, str(Path(image_path).parent.name))
-    x = torch.from_numpy(pre.data)[None, None].float().to(device)
-    probs = average_probabilities(predictors, x, meta["size"], padding, settings.overlap, settings.mode,
-                                  settings.tta_flip)[0]
-    label = to_source_space(probs, pre.affine, source, n_labels, settings.threshold)
+# a model's fold networks as predictors, with the metadata they share (labels, window, preprocessing)
+Group = tuple[list[Predictor], dict[str, Any]]
+
+
+def predict(groups: list[Group], settings: InferSettings, image_path: str | Path, device: torch.device | str = "cpu",
+            postprocessing: dict[str, Any] | None = None) -> tuple[nib.Nifti1Image, dict[str, Any], np.ndarray]:
+    """The source-space segmentation of ``image_path`` by ``groups`` (one model's folds, or several models:
+    each model's fold-mean probabilities, then the mean over models), post-processed by ``postprocessing``
+    (cohortseg.postprocess); also the source-space probabilities."""
+    from . import postprocess
+
+    labels = check_same_labels(groups)
+    source, probs = source_probabilities(groups, settings, image_path, device)
+    seg = discretise(torch.from_numpy(probs)[None], len(labels), settings.threshold)[0, 0].numpy().astype(np.uint8)
+    seg = postprocess.apply(seg, postprocessing or postprocess.NONE, labels)
     src = nib.load(str(image_path))
-    if label.shape != src.shape[:3]:
-        raise RuntimeError(f"prediction shape {label.shape} does not match the source {src.shape}")
-    out = nib.Nifti1Image(label, src.affine)
+    if seg.shape != src.shape[:3]:
+        raise RuntimeError(f"prediction shape {seg.shape} does not match the source {src.shape}")
+    out = nib.Nifti1Image(seg, src.affine)
     out.set_qform(src.affine, code=1)
     out.set_sform(src.affine, code=1)
     out.header.set_xyzt_units("mm", "sec")
-    info = {"voxels": {name: int((label == v).sum()) for v, name in enumerate(meta["labels"], start=1)},
-            "max_probability": float(probs[-1].max() if n_labels == 1 else probs[1:].max())}
-    return out, info
+    info = {"voxels": {name: int((seg == v).sum()) for v, name in enumerate(labels, start=1)},
+            "max_probability": float(probs[-1].max() if len(labels) == 1 else probs[1:].max())}
+    return out, info, probs
 
 
-def to_source_space(probs: torch.Tensor, affine: np.ndarray, source: Volume, n_labels: int,
-                    threshold: float) -> np.ndarray:
-    """Probability maps (C, ...) on the grid ``affine`` resampled linearly through world space onto the
-    source image's grid, then discretised (threshold for one label, argmax otherwise)."""
-    back = resample_like(probs.numpy().astype(np.float32), affine, source, "linear")
-    return discretise(torch.from_numpy(back)[None], n_labels, threshold)[0, 0].numpy().astype(np.uint8)
+def check_same_labels(groups: list[Group]) -> list[str]:
+    labels = [list(meta["labels"]) for _, meta in groups]
+    if any(lab != labels[0] for lab in labels):
+        raise ValueError(f"the models segment different labels: {labels}")
+    return labels[0]
 
 
-def load_predictors(model_paths: list[str] | None, manifest_path: str | Path | None, exported: str | Path | None,
-                    device: torch.device) -> tuple[list[Predictor], dict[str, Any]]:
-    """Predictors and their shared metadata from fold model files, an ensemble manifest or an exported
-    TorchScript/ONNX program (with the ``export.json`` beside it)."""
+def source_probabilities(groups: list[Group], settings: InferSettings, image_path: str | Path,
+                         device: torch.device | str) -> tuple[Volume, np.ndarray]:
+    """Each group's mean class probabilities, slid over the image brought to its model's space (padded by its
+    recorded input rule) and resampled linearly through world space onto the source grid; their mean."""
+    cache: dict[str, tuple[Volume, Volume]] = {}
+    acc = None
+    for predictors, meta in groups:
+        padding = model_padding(meta, str(meta.get("source", "model")))
+        key = json.dumps(meta["preprocess"], sort_keys=True)
+        if key not in cache:  # the model's own preprocessing, so a model folder is self-contained
+            cache[key] = inference_volume(image_path, PreprocessSettings.from_dict(meta["preprocess"]))
+            check_image(cache[key][0].data, str(Path(image_path).parent.name))
+        source, pre = cache[key]
+        x = torch.from_numpy(pre.data)[None, None].float().to(device)
+        p = average_probabilities(predictors, x, meta["size"], padding, settings.overlap, settings.mode,
+                                  settings.tta_flip)[0]
+        back = resample_like(p.numpy().astype(np.float32), pre.affine, source, "linear")
+        acc = back if acc is None else acc + back
+    assert acc is not None
+    return source, (acc / len(groups)).astype(np.float32)
+
+
+def load_predictors(model_paths: list[str] | None, manifest_paths: list[str] | None, exported: str | Path | None,
+                    device: torch.device) -> list[Group]:
+    """Predictor groups from fold model files (one group), ensemble manifests (a group per model) or an
+    exported TorchScript/ONNX program (with the ``export.json`` beside it)."""
     if exported is not None:
         from .exported import load_program
 
-        return load_program(exported)
-    if manifest_path is not None:
-        models, meta = load_ensemble(json.loads(Path(manifest_path).read_text()), device)
-        meta = {**meta, "source": str(manifest_path)}
-    else:
-        if not model_paths:
-            raise ValueError("give fold model files, an ensemble manifest or an exported program")
-        loaded = [load_model(p, device) for p in model_paths]
-        models, meta = [m for m, _ in loaded], {**loaded[0][1], "source": str(model_paths[0])}
-    n_labels = len(meta["labels"])
-    return [network_predictor(m, n_labels) for m in models], meta
+        return [load_program(exported)]
+    if manifest_paths:
+        groups = []
+        for path in manifest_paths:
+            models, meta = load_ensemble(json.loads(Path(path).read_text()), device)
+            groups.append(([network_predictor(m, len(meta["labels"])) for m in models], {**meta, "source": str(path)}))
+        return groups
+    if not model_paths:
+        raise ValueError("give fold model files, ensemble manifests or an exported program")
+    loaded = [load_model(p, device) for p in model_paths]
+    meta = {**loaded[0][1], "source": str(model_paths[0])}
+    return [([network_predictor(m, len(meta["labels"])) for m, _ in loaded], meta)]
+
+
+def selected_manifests(selection_path: str | Path, manifest_paths: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """The ensemble manifests of the models the study selected, and its post-processing."""
+    selection = json.loads(Path(selection_path).read_text())
+    chosen = selection["selected"]["models"]
+    by_model = {json.loads(Path(p).read_text())["model"]: p for p in manifest_paths}
+    missing = [m for m in chosen if m not in by_model]
+    if missing:
+        raise ValueError(f"{selection_path} selects {missing}, whose ensemble manifests were not given")
+    return [by_model[m] for m in chosen], selection["postprocessing"]
 
 
 def run(config: Config, model_name: str, cases: list[tuple[str, str, str, str]], model_paths: list[str] | None,
-        manifest_path: str | Path | None, threads: int = 1, exported: str | Path | None = None) -> None:
-    """Predict ``cases`` = [(case id, image, prediction out, timing json out)] with one fold, the ensemble
-    or an exported program.
+        manifest_paths: list[str] | None, threads: int = 1, exported: str | Path | None = None,
+        selection: str | Path | None = None, save_probabilities: bool = False) -> None:
+    """Predict ``cases`` = [(case id, image, prediction out, timing json out)] with one fold, fold ensembles,
+    the study's selection (its models and post-processing) or an exported program. ``save_probabilities``:
+    also ``<case>.probs.npz`` (float16 source-space class probabilities; cross-validation predictions, for
+    the study's ensemble selection).
 
     Models are loaded once per call, so a fold's whole validation set is one job (MONAI alone takes
     several seconds to import)."""
@@ -131,17 +170,38 @@ def run(config: Config, model_name: str, cases: list[tuple[str, str, str, str]],
     limit_threads(threads)
     seed_everything(config.seed, config.deterministic)
     device = torch.device("cpu") if exported is not None else resolve_device(config.infer.device)
+    postprocessing = None
+    if selection is not None:
+        manifest_paths, postprocessing = selected_manifests(selection, manifest_paths or [])
     t_load = time.time()
-    predictors, meta = load_predictors(model_paths, manifest_path, exported, device)
+    groups = load_predictors(model_paths, manifest_paths, exported, device)
     load_seconds = time.time() - t_load
+    if exported is not None:
+        postprocessing = groups[0][1].get("postprocessing")
+    n_models = sum(int(meta.get("n_models", len(predictors))) for predictors, meta in groups)
     for case, image, out, info_out in cases:
         t0 = time.time()
-        pred, info = predict(predictors, meta, config.infer, image, device)
+        pred, info, probs = predict(groups, config.infer, image, device, postprocessing)
         save_nifti(pred, out)
-        info.update(model=model_name, subject=case, n_models=int(meta.get("n_models", len(predictors))), seconds=time.time() - t0,
-                    model_load_seconds=load_seconds, device=str(device), threads=threads)
+        if save_probabilities:
+            save_npz(probabilities_path(out), probs.astype(np.float16))
+        info.update(model=model_name, subject=case, n_models=n_models, seconds=time.time() - t0,
+                    model_load_seconds=load_seconds, device=str(device), threads=threads,
+                    postprocessing=postprocessing)
         write_json(info_out, info)
         log.info("%s %s: %s in %.1fs", model_name, case, info["voxels"], info["seconds"])
+
+
+def probabilities_path(prediction: str | Path) -> str:
+    """<case>.probs.npz beside <case>.nii.gz."""
+    return re.sub(r"\.nii(\.gz)?$", "", str(prediction)) + ".probs.npz"
+
+
+def save_npz(path: str | Path, probs: np.ndarray) -> None:
+    from .util import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, probabilities=probs)
 
 
 def write_shard_manifest(shard: str, cases: list[tuple[str, str, str, str]], out: str | Path) -> None:

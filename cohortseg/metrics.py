@@ -123,35 +123,41 @@ def _number(v: Any) -> float:
 
 
 def summarise(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """mean, sd, median per model (each fold, the pooled cross-validation, the ensemble), label and metric,
+    """mean, sd, median per model and predictor (each fold; ``cv_pooled``, the folds' validation subjects
+    together; the model's fold ensemble and the study's selection on the test subjects), label and metric,
     with the number and share of penalised cases (one mask empty) and of cases with both masks empty.
     (Plain Python over the rows: the metrics job does not import pandas, a second of its start-up.)"""
-    models = sorted({c["model"] for c in cases})
-    groups = [(m, [c for c in cases if c["model"] == m]) for m in models]
-    folds = [c for c in cases if str(c["model"]).startswith("fold")]
-    if len({c["model"] for c in folds}) > 1:
-        groups.append(("cv_pooled", folds))
+    keys = list(dict.fromkeys((c["model"], c["predictor"]) for c in cases))
+    groups = [(m, p, [c for c in cases if (c["model"], c["predictor"]) == (m, p)]) for m, p in keys]
+    for model in dict.fromkeys(m for m, _ in keys):
+        folds = [c for c in cases if c["model"] == model and c["set"] == "cv"]
+        if len({c["predictor"] for c in folds}) > 1:
+            groups.append((model, "cv_pooled", folds))
+    return [row for model, predictor, grp in groups for row in summary_rows(model, predictor, grp)]
+
+
+def summary_rows(model: str, predictor: str, grp: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for model, grp in groups:
-        for label in dict.fromkeys(c["label"] for c in grp):
-            g = [c for c in grp if c["label"] == label]
-            status = [c.get("status", "ok") for c in g]
-            n_penalised, n_both = sum(s in PENALISED for s in status), status.count("both_empty")
-            for m in METRICS:
-                vals = np.array([v for v in (_number(c.get(m)) for c in g) if not np.isnan(v)])
-                rows.append({"model": model, "label": label, "metric": m, "n": len(vals), "n_cases": len(g),
-                             "mean": float(vals.mean()) if len(vals) else np.nan,
-                             "sd": float(vals.std(ddof=1)) if len(vals) > 1 else np.nan,
-                             "median": float(np.median(vals)) if len(vals) else np.nan,
-                             "n_penalised": n_penalised, "penalised_share": n_penalised / len(g) if g else np.nan,
-                             "n_both_empty": n_both})
+    for label in dict.fromkeys(c["label"] for c in grp):
+        g = [c for c in grp if c["label"] == label]
+        status = [c.get("status", "ok") for c in g]
+        n_penalised, n_both = sum(s in PENALISED for s in status), status.count("both_empty")
+        for m in METRICS:
+            vals = np.array([v for v in (_number(c.get(m)) for c in g) if not np.isnan(v)])
+            rows.append({"model": model, "predictor": predictor, "set": g[0]["set"], "label": label, "metric": m,
+                         "n": len(vals), "n_cases": len(g),
+                         "mean": float(vals.mean()) if len(vals) else np.nan,
+                         "sd": float(vals.std(ddof=1)) if len(vals) > 1 else np.nan,
+                         "median": float(np.median(vals)) if len(vals) else np.nan,
+                         "n_penalised": n_penalised, "penalised_share": n_penalised / len(g) if g else np.nan,
+                         "n_both_empty": n_both})
     return rows
 
 
-SUMMARY_COLUMNS = ["model", "label", "metric", "n", "n_cases", "mean", "sd", "median", "n_penalised", "penalised_share",
-                   "n_both_empty"]
-CASE_COLUMNS = ["model", "subject", "label", "status"] + METRICS
-TIMING_COLUMNS = ["step", "model", "subject", "seconds", "epochs", "device"]
+SUMMARY_COLUMNS = ["model", "predictor", "set", "label", "metric", "n", "n_cases", "mean", "sd", "median", "n_penalised",
+                   "penalised_share", "n_both_empty"]
+CASE_COLUMNS = ["model", "predictor", "set", "subject", "label", "status"] + METRICS
+TIMING_COLUMNS = ["step", "model", "predictor", "subject", "seconds", "epochs", "device"]
 
 
 def timing_rows(train_infos: list[str], pred_infos: list[str]) -> list[dict[str, Any]]:
@@ -159,27 +165,33 @@ def timing_rows(train_infos: list[str], pred_infos: list[str]) -> list[dict[str,
     rows = []
     for p in train_infos:
         info = json.loads(Path(p).read_text())
-        rows.append({"step": "train", "model": f"fold{info['fold']}", "subject": "", "seconds": info["train_seconds_total"],
-                     "epochs": info["epochs_run"], "device": info["device"]})
+        rows.append({"step": "train", "model": info["model_name"], "predictor": f"fold{info['fold']}", "subject": "",
+                     "seconds": info["train_seconds_total"], "epochs": info["epochs_run"], "device": info["device"]})
     for p in pred_infos:
         info = json.loads(Path(p).read_text())
-        rows.append({"step": "predict", "model": info["model"], "subject": info["subject"], "seconds": info["seconds"],
-                     "epochs": None, "device": info["device"]})
+        model, _, predictor = str(info["model"]).partition("/")
+        rows.append({"step": "predict", "model": model, "predictor": predictor, "subject": info["subject"],
+                     "seconds": info["seconds"], "epochs": None, "device": info["device"]})
     return rows
 
 
-def run(config: Config, pairs: list[tuple[str, str, str, str]], train_infos: list[str], pred_infos: list[str],
+# a scored prediction: (model, predictor, set, subject, prediction, reference)
+Pair = tuple[str, str, str, str, str, str]
+
+
+def run(config: Config, pairs: list[Pair], train_infos: list[str], pred_infos: list[str],
         cases_out: str | Path, summary_out: str | Path, timing_out: str | Path) -> list[dict[str, Any]]:
-    """``pairs``: (model, subject, prediction path, reference path); returns the per-case rows."""
-    cases = [{"model": model, "subject": subject, **r} for model, subject, pred, ref in pairs
+    """Score every pair in its source space; returns the per-case rows."""
+    cases = [{"model": model, "predictor": predictor, "set": subset, "subject": subject, **r}
+             for model, predictor, subset, subject, pred, ref in pairs
              for r in evaluate_case(pred, ref, list(config.labels), config.metrics)]
     summary = summarise(cases)
     write_rows(cases_out, cases, CASE_COLUMNS)
     write_rows(summary_out, summary, SUMMARY_COLUMNS)
     write_rows(timing_out, timing_rows(train_infos, pred_infos), TIMING_COLUMNS)
     shown = [r for r in summary if r["metric"] in ("dice", "hd95")]
-    table = "\n".join(f"{r['model']:>10} {r['label']:>12} {r['metric']:>5} n={r['n']:<3} mean={format_cell(r['mean']):>8} "
-                      f"sd={format_cell(r['sd']):>8} median={format_cell(r['median']):>8} one_empty={r['n_penalised']}"
-                      for r in shown)
+    table = "\n".join(f"{r['model']:>10} {r['predictor']:>10} {r['label']:>12} {r['metric']:>5} n={r['n']:<3} "
+                      f"mean={format_cell(r['mean']):>8} sd={format_cell(r['sd']):>8} median={format_cell(r['median']):>8} "
+                      f"one_empty={r['n_penalised']}" for r in shown)
     log.info("Dice and HD95 (%s; one mask empty: %s):\n%s", config.metrics.hd95, config.metrics.empty_distance, table)
     return cases

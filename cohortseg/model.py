@@ -84,6 +84,15 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None
     save_torch({"state_dict": state, "meta": meta}, path)
 
 
+def recorded_settings(train: dict[str, Any]) -> TrainSettings:
+    """A model file's training settings as TrainSettings: a file written before a later training key existed
+    lacks it (None here); the network is rebuilt from its architecture keys only, which every file has."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(TrainSettings)]
+    return TrainSettings.from_dict({k: train.get(k) for k in names})
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A fold network and its metadata; a file without a known input-padding record is refused."""
     from .window import model_padding
@@ -91,7 +100,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     blob = torch.load(path, map_location=device, weights_only=True)
     meta = blob["meta"]
     model_padding(meta, str(path))
-    model = build_model(TrainSettings.from_dict(meta["train"]), len(meta["labels"]), meta["size"])
+    model = build_model(recorded_settings(meta["train"]), len(meta["labels"]), meta["size"])
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
     return model, meta

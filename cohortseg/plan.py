@@ -237,10 +237,12 @@ def _snakemake(args: list[str], timeout: float, **kw: object) -> subprocess.Comp
         raise PlanError(f"snakemake {' '.join(args)} did not finish within {timeout:.0f} s") from e
 
 
-def run(smk_args: list[str], graphs: str | None = None, check: bool = True, timeout: float = 1800) -> pd.DataFrame:
-    # the checkpoints that decide the DAG: header index, selection, split (no pixel data read)
-    _snakemake([*smk_args, "--cores", "2", "results/splits.json"], timeout, stdout=subprocess.DEVNULL,
-               stderr=subprocess.DEVNULL)
+def run(smk_args: list[str], graphs: str | None = None, check: bool = True, timeout: float = 1800,
+        plans: bool = False) -> pd.DataFrame:
+    # the checkpoints that decide the DAG: header index, selection, split (no pixel data read); with
+    # ``plans`` also conversion and the dataset/model plans (results/plans/plans.json)
+    target = "results/plans/plans.json" if plans else "results/splits.json"
+    _snakemake([*smk_args, "--cores", "2", target], timeout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # every job after the checkpoints, as if nothing had run yet (the checkpoints' own outputs kept)
     listed = _snakemake([*smk_args, "--list-rules"], timeout, capture_output=True).stdout
     names = [line.split(" (")[0].strip() for line in listed.splitlines() if line and not line[0].isspace()]

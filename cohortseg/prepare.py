@@ -1,4 +1,6 @@
-"""The per-subject steps in shards: DICOM conversion, mask import and preprocessing.
+"""The per-subject steps in shards: DICOM conversion, mask import and the case's survey (its spacing, shape,
+foreground intensities and label extents, for the plan). Preprocessing, which depends on the plan, is the
+``preprocess`` stage, in shards of the cross-validation subjects.
 
 Why shards. Snakemake spends a few milliseconds per job building its DAG, so one job per subject and
 per step gives a 10,000-subject cohort 30,000 jobs and minutes of planning before the first job
@@ -38,8 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .settings import (ConvertSettings, PrepareSettings, PreprocessSettings, PrivacySettings, PseudonymSettings,
-                       StageConfig)
+from .settings import ConvertSettings, PrepareSettings, PrivacySettings, PseudonymSettings, StageConfig
 from .util import read_rows, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ class Config(StageConfig):
 
     source: str
     convert: ConvertSettings
-    preprocess: PreprocessSettings
     labels: tuple[str, ...]
+    seed: int
     prepare: PrepareSettings
     pseudonym: PseudonymSettings
     privacy: PrivacySettings
@@ -61,14 +62,13 @@ class Config(StageConfig):
 
 @dataclass(frozen=True)
 class Folders:
-    """Where a shard's subjects go: results/nifti/<subject>/ and results/preproc/<subject>/."""
+    """Where a shard's subjects go: results/nifti/<subject>/."""
 
     nifti: str
-    preproc: str
 
 
 # the config sections that shape a subject's files: its stamp hashes these (not the job size)
-SUBJECT_SECTIONS = ("source", "convert", "preprocess", "labels", "privacy")
+SUBJECT_SECTIONS = ("source", "convert", "labels", "privacy", "seed")
 ALL = "all"
 
 
@@ -97,13 +97,25 @@ def shards(subjects: list[str], prefix: str, per_job: int) -> dict[str, list[str
 
 
 def subject_files(subject: str, folders: Folders, labelled: bool = True) -> dict[str, str]:
-    """Every file ``prepare`` writes for a subject (labelled subjects also get a label and preprocessed data)."""
-    n, p = Path(folders.nifti) / subject, Path(folders.preproc) / subject
-    files = {"image": n / "image.nii.gz", "sidecar": n / "image.json"}
+    """Every file ``prepare`` writes for a subject (labelled subjects also get their label on the image grid)."""
+    n = Path(folders.nifti) / subject
+    files = {"image": n / "image.nii.gz", "sidecar": n / "image.json", "survey": n / "survey.json"}
     if labelled:
-        files |= {"label": n / "label.nii.gz", "preproc_image": p / "image.nii", "preproc_label": p / "label.nii",
-                  "preproc_info": p / "info.json"}
+        files["label"] = n / "label.nii.gz"
     return {k: str(v) for k, v in files.items()}
+
+
+def write_survey(config: Config, subject: str, files: dict[str, str]) -> None:
+    """The case's survey (cohortseg.survey) from the converted image and label, for the plan."""
+    from .survey import case_survey
+    from .volume import check_image, read_volume
+
+    image = read_volume(files["image"])
+    check_image(image.data, subject)  # NaN, infinite or constant: refused here, before any plan counts it
+    label = read_volume(files["label"]).data if "label" in files else None
+    modality = json.loads(Path(files["sidecar"]).read_text()).get("Modality")
+    write_json(files["survey"], {"subject": subject, **case_survey(image.data, label, image.affine, len(config.labels),
+                                                                     modality, config.seed)})
 
 
 def _stat(path: str) -> list[Any]:
@@ -132,9 +144,8 @@ def _scrub(msg: str, paths: list[str]) -> str:
 
 def prepare_subject(config: Config, code: str, subject: str, row: dict[str, Any], files: list[str],
                     mask: str | None, folders: Folders, force: bool = False) -> dict[str, Any]:
-    """Convert, import the mask and preprocess one subject unless its stamp says it is up to date."""
+    """Convert, import the mask and survey one subject unless its stamp says it is up to date."""
     from .convert import convert_subject, mask_subject
-    from .preprocess import run as preprocess
 
     t0 = time.time()
     out = subject_files(subject, folders, labelled=mask is not None)
@@ -151,8 +162,7 @@ def prepare_subject(config: Config, code: str, subject: str, row: dict[str, Any]
                         config.privacy.descriptors)
         if mask is not None:
             mask_subject(len(config.labels), subject, out["image"], mask, out["label"])
-            preprocess(config.preprocess, len(config.labels), subject, out["image"], out["label"], out["preproc_image"],
-                       out["preproc_label"], out["preproc_info"])
+        write_survey(config, subject, out)
     except Exception as exc:  # one subject's failure is reported; the shard's others go on
         reason = _scrub(f"{type(exc).__name__}: {exc}", files + [mask or ""])
         log.error("%s: failed: %s", subject, reason)
@@ -163,7 +173,7 @@ def prepare_subject(config: Config, code: str, subject: str, row: dict[str, Any]
 
 
 def _worker(args: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
-    from .preprocess import limit_threads
+    from .volume import limit_threads
 
     limit_threads(1)  # one subject per worker process, one thread each
     return args[2], prepare_subject(*args)
@@ -190,7 +200,7 @@ def run(config: Config, shard: str, included_tsv: str | Path, series_files_json:
             for r in inc]
     t0 = time.time()
     results: dict[str, dict[str, Any]] = {}
-    from .preprocess import limit_threads
+    from .volume import limit_threads
 
     limit_threads(threads)
     if threads > 1 and len(jobs) > 1:

@@ -1,228 +1,47 @@
-"""Reorient, resample, normalise, pad, keeping every image's affine: the preprocessing of training and
-inference, without torch.
+"""Preprocessing of the cross-validation subjects by the dataset plan, in shards.
 
-Order: canonical orientation -> resample to the target spacing (image linear, label nearest
-neighbour) -> intensity normalisation -> centred padding up to ``preprocess.size`` where the volume is
-smaller, by the input rule of :mod:`cohortseg.window` (the normalised image's minimum, ``ceil(n/2)``
-voxels before). Nothing is cropped: a volume larger than the size is kept whole, training takes
-window-sized crops of it at seeded random positions and inference slides windows over it, so no
-labelled voxel is lost and the network is never shown only one fixed position of a larger image
-(a model trained on centre crops scored 0.931 instead of 0.961 when slid over the whole image).
-Inference applies the same chain minus the padding, pads a window by the same rule where the image
-is smaller, and maps its output back through world space.
+Each labelled training/validation subject's converted image and label are brought to the plan's space
+(cohortseg.volume: canonical orientation, target spacing, normalisation, centred padding to the plan's
+size) into ``results/preproc/<subject>/`` with an ``info.json`` of what was done. Test subjects are never
+preprocessed for training: inference preprocesses an image itself, by the model's recorded settings.
 
-Why not TorchIO's transforms (which this module reproduces step for step: its SimpleITK read, its
-``ToCanonical``, ``Resample`` with the same reference grid, pixel type and fill, ``ZNormalization``,
-``RescaleIntensity`` and ``Pad``; tests/test_prepare.py checks the outputs equal TorchIO's): importing
-TorchIO (and with it torch) costs 3-5 s per job on two cores, more than the work of a whole prepare
-job, and prepare and the metrics/report stages are light jobs that a cohort runs by the hundred. The
-maths is SimpleITK's resampler and NumPy, as in TorchIO. Training keeps TorchIO for augmentation.
+A subject is redone only when its stamp (the stage's code, the resolved preprocessing settings, the size
+and mtime of its converted image and label) changed, so a shard job after an unrelated change only checks.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .settings import PreprocessSettings
-from .util import atomic_path, log, write_json
-from .window import PADDING, centred_padding
+from .settings import PreprocessSettings, StageConfig
+from .util import log, write_json, write_text
+from .volume import (centred_padding, check_image, inference_volume, limit_threads, pad_to_size, read_volume,
+                     resample_to_spacing, save_volume, to_canonical)
 
-FLIPXY = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS (NIfTI world <-> ITK world)
-
-
-class Volume:
-    """A 3D array with its RAS affine (nibabel's convention)."""
-
-    def __init__(self, data: np.ndarray, affine: np.ndarray) -> None:
-        self.data, self.affine = data, np.asarray(affine, dtype=np.float64)
-
-    @property
-    def spacing(self) -> list[float]:
-        return [float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))]
-
-    @property
-    def orientation(self) -> str:
-        from .util import import_nibabel
-
-        nib = import_nibabel()
-
-        return "".join(nib.orientations.aff2axcodes(self.affine))
+STAMP = ".preprocess-stamp"
 
 
-def limit_threads(n: int) -> None:
-    """SimpleITK's resampler uses every core by default: keep it within the job's threads."""
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(n)))
-
-
-def read_volume(path: str | Path) -> Volume:
-    """A NIfTI volume as SimpleITK reads it (TorchIO's reader: scaling applied, pixel type kept;
-    uint16/uint32 widened as TorchIO does for torch)."""
-    import SimpleITK as sitk
-
-    img = sitk.ReadImage(str(path))
-    data = sitk.GetArrayFromImage(img).transpose()
-    if data.dtype == np.uint16:
-        data = data.astype(np.int32)
-    elif data.dtype == np.uint32:
-        data = data.astype(np.int64)
-    return Volume(data, ras_affine(img))
-
-
-def ras_affine(img: Any) -> np.ndarray:
-    """The RAS affine of a SimpleITK image (its LPS origin, direction and spacing)."""
-    spacing = np.array(img.GetSpacing(), dtype=np.float64)
-    direction = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = (FLIPXY @ direction) * spacing
-    affine[:3, 3] = FLIPXY @ np.array(img.GetOrigin(), dtype=np.float64)
-    return affine
-
-
-def to_sitk(vol: Volume) -> Any:
-    import SimpleITK as sitk
-
-    img = sitk.GetImageFromArray(np.ascontiguousarray(vol.data.transpose()))
-    rotation_zoom = vol.affine[:3, :3]
-    spacing = np.sqrt((rotation_zoom ** 2).sum(axis=0))
-    img.SetOrigin(tuple(FLIPXY @ vol.affine[:3, 3]))
-    img.SetSpacing(tuple(float(s) for s in spacing))
-    img.SetDirection(tuple((FLIPXY @ (rotation_zoom / spacing)).flatten()))
-    return img
-
-
-def to_canonical(vol: Volume) -> Volume:
-    """Voxel axes reordered and flipped to RAS+ (nibabel's orientation functions, as TorchIO's ToCanonical)."""
-    from .util import import_nibabel
-
-    nib = import_nibabel()
-    from nibabel import orientations
-
-    if "".join(nib.orientations.aff2axcodes(vol.affine)) == "RAS":
-        return vol
-    transform = orientations.ornt_transform(orientations.io_orientation(vol.affine),
-                                            orientations.axcodes2ornt(("R", "A", "S")))
-    data = np.ascontiguousarray(orientations.apply_orientation(vol.data, transform))
-    return Volume(data, vol.affine @ orientations.inv_ornt_aff(transform, vol.data.shape))
-
-
-def resample_to_spacing(vol: Volume, spacing: Any, interpolation: str) -> Volume:
-    """Resampled onto TorchIO's grid for a target spacing: the same centre, ``floor(size * old / new)``
-    voxels (never extrapolating), same direction; linear or nearest neighbour, outside filled with 0, the
-    pixel type kept (SimpleITK's resampler, as TorchIO's Resample)."""
-    import SimpleITK as sitk
-
-    img = to_sitk(vol)
-    old_spacing, new_spacing = np.array(img.GetSpacing(), float), np.array(spacing, float)
-    old_size = np.array(img.GetSize())
-    last = np.array(img.TransformIndexToPhysicalPoint((old_size - 1).tolist()), dtype=float)
-    centre = (last + np.array(img.GetOrigin(), float)) / 2
-    new_size = np.floor(old_size * old_spacing / new_spacing)
-    new_size[old_size == 1] = 1
-    direction = np.asarray(img.GetDirection(), float).reshape(3, 3)
-    reference = sitk.Image(new_size.astype(int).tolist(), img.GetPixelID(), img.GetNumberOfComponentsPerPixel())
-    reference.SetDirection(img.GetDirection())
-    reference.SetSpacing(new_spacing.tolist())
-    reference.SetOrigin((centre - direction @ ((new_size - 1) / 2 * new_spacing)).tolist())
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetInterpolator(sitk.sitkLinear if interpolation == "linear" else sitk.sitkNearestNeighbor)
-    resampler.SetReferenceImage(reference)
-    out = resampler.Execute(img)
-    return Volume(sitk.GetArrayFromImage(out).transpose(), ras_affine(out))
-
-
-def resample_like(data: np.ndarray, affine: np.ndarray, target: Volume, interpolation: str = "linear") -> np.ndarray:
-    """``data`` (C, ...) on ``affine`` resampled through world space onto ``target``'s grid (channel by
-    channel, outside filled with 0): how predictions return to the source space."""
-    import SimpleITK as sitk
-
-    ref = to_sitk(Volume(np.zeros(target.data.shape, np.float32), target.affine))
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetInterpolator(sitk.sitkLinear if interpolation == "linear" else sitk.sitkNearestNeighbor)
-    resampler.SetReferenceImage(ref)
-    return np.stack([sitk.GetArrayFromImage(resampler.Execute(to_sitk(Volume(c, affine)))).transpose() for c in data])
-
-
-def normalise(data: np.ndarray, pp: PreprocessSettings) -> np.ndarray:
-    """float32 intensities: z-score over the non-zero voxels applied to every voxel (TorchIO's
-    ZNormalization with a non-zero mask), or clipped to the percentiles and scaled to [0, 1] (its
-    RescaleIntensity)."""
-    array = data.astype(np.float32)
-    if pp.normalisation == "percentile":
-        low, high = np.percentile(array, list(pp.percentiles))
-        np.clip(array, low, high, out=array)
-        in_min, in_max = array.min(), array.max()
-        if in_max == in_min:
-            return array
-        array -= in_min
-        array /= in_max - in_min
-        return array
-    values = array[data != 0]
-    mean, std = values.mean(dtype=np.float64), values.std(ddof=1, dtype=np.float64)
-    if std == 0:
-        return array
-    return ((array - np.float32(mean)) / np.float32(std)).astype(np.float32)
-
-
-def inference_volume(path: str | Path, pp: PreprocessSettings) -> tuple[Volume, Volume]:
-    """(source image, image brought to the training space: canonical, resampled, normalised; no padding)."""
-    source = read_volume(path)
-    spatial = resample_to_spacing(to_canonical(source), pp.spacing, "linear")
-    return source, Volume(normalise(spatial.data, pp), spatial.affine)
-
-
-def pad(vol: Volume, pads: list[tuple[int, int]], value: float) -> Volume:
-    """Constant padding (before, after) per axis; the affine moved so every voxel keeps its world position."""
-    if not any(a or b for a, b in pads):
-        return vol
-    affine = vol.affine.copy()
-    affine[:3, 3] = vol.affine[:3, :3] @ -np.array([a for a, _ in pads], float) + vol.affine[:3, 3]
-    return Volume(np.pad(vol.data, pads, mode="constant", constant_values=value), affine)
-
-
-def pad_to_size(vol: Volume, size: Any, is_label: bool = False) -> Volume:
-    """Centred padding up to ``size`` where smaller (never a crop), by the models' input rule: the image's
-    minimum (cohortseg.window), 0 for a label."""
-    from .window import IMAGE_MINIMUM
-
-    assert PADDING == IMAGE_MINIMUM, "preprocessing implements the image-minimum rule"
-    value = 0.0 if is_label else float(vol.data.min())
-    return pad(vol, centred_padding(vol.data.shape, [int(s) for s in size]), value)
-
-
-def check_image(data: np.ndarray, name: str) -> None:
-    if not np.isfinite(data).all():
-        raise ValueError(f"{name}: image contains NaN or infinite values")
-    if float(data.max()) == float(data.min()):
-        raise ValueError(f"{name}: image is constant ({float(data.min())})")
-
-
-def save_volume(vol: Volume, path: str | Path, dtype: Any) -> None:
-    from .util import import_nibabel
-
-    nib = import_nibabel()
-
-    from .util import scrub_nifti_header
-
-    nii = nib.Nifti1Image(vol.data.astype(dtype), vol.affine)
-    nii.set_qform(vol.affine, code=1)
-    nii.set_sform(vol.affine, code=1)
-    nii.header.set_xyzt_units("mm", "sec")
-    scrub_nifti_header(nii)
-    with atomic_path(path) as tmp:
-        nib.save(nii, str(tmp))
+@dataclass(frozen=True)
+class Config(StageConfig):
+    labels: tuple[str, ...]
 
 
 def label_voxels(data: np.ndarray, n_labels: int) -> dict[str, int]:
     return {str(v): int((data == v).sum()) for v in range(1, n_labels + 1)}
 
 
-def run(pp: PreprocessSettings, n_labels: int, subject: str, image: str | Path, label: str | Path, image_out: str | Path,
-        label_out: str | Path, info_out: str | Path) -> dict[str, Any]:
+def preprocess_subject(pp: PreprocessSettings, n_labels: int, subject: str, image: str | Path, label: str | Path,
+                       folder: str | Path) -> dict[str, Any]:
+    """One subject's preprocessed image.nii, label.nii and info.json in ``folder``."""
     source, spatial = inference_volume(image, pp)
     check_image(source.data, subject)
     src_label = read_volume(label)
@@ -242,9 +61,74 @@ def run(pp: PreprocessSettings, n_labels: int, subject: str, image: str | Path, 
         "intensity": {"min": float(out_image.data.min()), "max": float(out_image.data.max()),
                       "mean": float(out_image.data.mean())},
     }
-    save_volume(out_image, image_out, np.float32)
-    save_volume(out_label, label_out, np.uint8)
-    write_json(info_out, info)
+    folder = Path(folder)
+    save_volume(out_image, folder / "image.nii", np.float32)
+    save_volume(out_label, folder / "label.nii", np.uint8)
+    write_json(folder / "info.json", info)
     log.info("%s: %s @ %s -> %s @ %s", subject, info["input_shape"], [round(s, 3) for s in info["input_spacing"]],
              info["output_shape"], info["output_spacing"])
     return info
+
+
+def subject_key(code: str, pp: PreprocessSettings, image: str, label: str) -> str:
+    """What a subject's preprocessed files were made from: code, settings, the inputs' size and mtime."""
+    h = hashlib.sha256(json.dumps([code, pp.to_dict()], sort_keys=True).encode())
+    for f in (image, label):
+        st = os.stat(f)
+        h.update(json.dumps([st.st_size, st.st_mtime_ns]).encode())
+    return h.hexdigest()
+
+
+OUTPUTS = ("image.nii", "label.nii", "info.json")
+
+
+def preprocess_if_stale(pp: PreprocessSettings, n_labels: int, code: str, subject: str, nifti: str,
+                        preproc: str) -> tuple[str, dict[str, Any]]:
+    """(subject, {status, skipped, seconds, files}); a failure is reported, not raised."""
+    t0 = time.time()
+    image, label = str(Path(nifti) / subject / "image.nii.gz"), str(Path(nifti) / subject / "label.nii.gz")
+    folder = Path(preproc) / subject
+    files = {name: str(folder / name) for name in OUTPUTS}
+    try:
+        key = subject_key(code, pp, image, label)
+        stamp = folder / STAMP
+        if stamp.exists() and stamp.read_text() == key and all(os.path.exists(f) for f in files.values()):
+            return subject, {"status": "ok", "skipped": True, "seconds": 0.0, "files": files}
+        stamp.unlink(missing_ok=True)
+        preprocess_subject(pp, n_labels, subject, image, label, folder)
+        write_text(stamp, key)
+    except Exception as exc:  # one subject's failure is reported; the shard's others go on
+        log.error("%s: preprocessing failed: %s: %s", subject, type(exc).__name__, exc)
+        return subject, {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    return subject, {"status": "ok", "skipped": False, "seconds": round(time.time() - t0, 3), "files": files}
+
+
+def _worker(args: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
+    limit_threads(1)
+    return preprocess_if_stale(*args)
+
+
+def run(config: Config, dataset_plan: str | Path, subjects: list[str], nifti: str, preproc: str,
+        manifest_out: str | Path, shard: str, code: str, threads: int = 1) -> dict[str, Any]:
+    """Preprocess ``subjects`` (a shard) by the dataset plan; the manifest lists them once all succeeded."""
+    pp = PreprocessSettings.from_dict(json.loads(Path(dataset_plan).read_text())["preprocess"])
+    jobs = [(pp, len(config.labels), code, s, nifti, preproc) for s in sorted(subjects)]
+    limit_threads(threads)
+    if threads > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(min(threads, len(jobs)), mp_context=mp.get_context("fork")) as pool:
+            results = dict(pool.map(_worker, jobs))
+    else:
+        results = dict(preprocess_if_stale(*j) for j in jobs)
+    failed = {s: r["reason"] for s, r in results.items() if r["status"] != "ok"}
+    if failed:
+        lines = "\n".join(f"  {s}: {why}" for s, why in sorted(failed.items()))
+        raise RuntimeError(f"preprocess shard {shard}: {len(failed)} of {len(results)} subjects failed:\n{lines}")
+    manifest = {"shard": shard, "n_subjects": len(results), "code": code, "preprocess": pp.to_dict(),
+                "subjects": {s: r["files"] for s, r in sorted(results.items())}}
+    write_json(manifest_out, manifest)
+    done = sum(not r["skipped"] for r in results.values())
+    log.info("preprocess shard %s: %d subjects, %d preprocessed, %d up to date", shard, len(results), done,
+             len(results) - done)
+    return manifest

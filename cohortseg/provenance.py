@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .settings import StudyConfig
-from .util import package_versions, sha256_file, sha256_files, write_json
+from .util import package_versions, sha256_file, write_json
 
 
 @dataclass(frozen=True)

@@ -78,11 +78,14 @@ STAGES: dict[str, tuple[list[str], list[str]]] = {
     # split before prepare (both need only the selection): the DAG of a tree is then complete from
     # prepare on, so `--until prepare` finds the prepare jobs
     "split": (["split"], ["results/splits.json"]),
-    "prepare": (["prepare"], ["results/nifti/*/*", "results/preproc/*/*", "results/prepared/*"]),
-    "train": (["train"], ["results/models/fold*/*"]),
-    "ensemble": (["ensemble"], ["results/models/ensemble.json"]),
-    "infer": (["infer_fold", "infer_ensemble", "infer_external"],
-              ["results/predictions/*/*", "results/predictions_external/*/*"]),
+    "prepare": (["prepare"], ["results/nifti/*/*", "results/prepared/*"]),
+    "plans": (["plan_dataset", "plan_model", "plans"], ["results/plans/*.json", "results/plans/models/*"]),
+    "preprocess": (["preprocess"], ["results/preproc/*/*", "results/preprocessed/*"]),
+    "train": (["train"], ["results/models/*/fold*/*"]),
+    "ensemble": (["ensemble"], ["results/models/*/ensemble.json"]),
+    "infer": (["infer_fold", "infer_ensemble", "infer_study", "infer_external"],
+              ["results/predictions/*/*/*", "results/predictions/*/*", "results/predictions_external/*/*"]),
+    "study": (["study"], ["results/study/selection.*"]),
     "metrics": (["metrics"], ["results/metrics/*"]),
     "report": (["selection_chart", "dice_chart", "overlay"], ["results/report/*.png", "results/report/overlays/*"]),
 }

@@ -130,12 +130,30 @@ class ConvertSettings(Settings):
 
 
 @dataclass(frozen=True)
+class CtSettings(Settings):
+    clip: tuple[float, ...] | str
+    mean: float | str
+    sd: float | str
+
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
 class PreprocessSettings(Settings):
+    """``auto`` values are the plan's (cohortseg.plans); a stage that preprocesses gets them resolved."""
+
     orientation: str
-    spacing: tuple[float, ...]
-    size: tuple[int, ...]
+    spacing: tuple[float, ...] | str
+    size: tuple[int, ...] | str
     normalisation: str
     percentiles: tuple[float, ...]
+    ct: CtSettings
+
+    @property
+    def resolved(self) -> bool:
+        return AUTO not in (self.spacing, self.size, self.normalisation) and (
+            self.normalisation != "ct" or AUTO not in (self.ct.clip, self.ct.mean, self.ct.sd))
 
 
 @dataclass(frozen=True)
@@ -163,7 +181,7 @@ class AugmentSettings(Settings):
 
 @dataclass(frozen=True)
 class PatchSettings(Settings):
-    size: tuple[int, ...] | None
+    size: tuple[int, ...] | str | None
     foreground_fraction: float
     samples_per_volume: int
 
@@ -178,12 +196,13 @@ class TrainSettings(Settings):
     unetr_hidden_size: int
     unetr_heads: int
     epochs: int
-    batch_size: int
+    batch_size: int | str
     lr: float
     weight_decay: float
     lr_schedule: str
     loss_alpha: float
     patience: int
+    max_minutes: float | None
     min_epochs: int
     augment_probability: float
     augment: AugmentSettings
@@ -198,12 +217,36 @@ class TrainSettings(Settings):
 
     @property
     def patch_mode(self) -> bool:
+        if self.patch.size == AUTO:
+            raise ValueError("train.patch.size is auto: resolve it from the plan first (cohortseg.plans)")
         return self.patch.size is not None
 
     @property
     def loader_workers(self) -> int:
         """Loader worker processes beside the training threads (patch mode only)."""
         return self.workers if self.patch_mode else 0
+
+
+@dataclass(frozen=True)
+class PlansSettings(Settings):
+    target: str
+    memory_gb: float
+    cpu_voxels: int
+    modality: str
+    anisotropy: float
+
+
+def planned_train(train: TrainSettings, model_plan: Mapping[str, Any]) -> TrainSettings:
+    """A model's training settings with its plan's window and batch (cohortseg.plans; explicit values were
+    already the plan's)."""
+    patch = model_plan["patch"]
+    return dataclasses.replace(train, batch_size=int(model_plan["batch_size"]),
+                               patch=dataclasses.replace(train.patch, size=tuple(patch) if patch else None))
+
+
+def planned_preprocess(dataset_plan: Mapping[str, Any]) -> PreprocessSettings:
+    """The preprocessing settings the dataset plan resolved."""
+    return PreprocessSettings.from_dict(dataset_plan["preprocess"])
 
 
 @dataclass(frozen=True)
@@ -262,7 +305,8 @@ SECTIONS: dict[str, Any] = {
     "seed": int, "deterministic": bool, "pseudonym": PseudonymSettings, "privacy": PrivacySettings,
     "index": IndexSettings,
     "select": SelectSettings, "convert": ConvertSettings, "labels": tuple[str, ...], "preprocess": PreprocessSettings,
-    "prepare": PrepareSettings, "split": SplitSettings, "train": TrainSettings, "infer": InferSettings,
+    "prepare": PrepareSettings, "split": SplitSettings, "train": TrainSettings, "models": dict, "plans": PlansSettings,
+    "infer": InferSettings,
     "metrics": MetricsSettings, "export": ExportSettings, "report": ReportSettings, "repro": ReproSettings, "resources": ResourcesSettings,
 }
 
@@ -318,6 +362,8 @@ class StudyConfig(StageConfig):
     prepare: PrepareSettings
     split: SplitSettings
     train: TrainSettings
+    models: dict  # type: ignore[type-arg]
+    plans: PlansSettings
     infer: InferSettings
     metrics: MetricsSettings
     export: ExportSettings

@@ -11,16 +11,17 @@ import time
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .config import check_semantics
+from .config import check_semantics, model_config
 from .util import set_threads, setup_logging
 
 C = TypeVar("C")
 P = TypeVar("P")
 
 
-def setup(snakemake: Any, config_type: type[C]) -> C:
+def setup(snakemake: Any, config_type: type[C], model: str | None = None) -> C:
     """Send everything the job prints (tqdm, C libraries) to its log; return the stage's typed config,
-    built once from the validated config (``config_type`` is the stage module's ``Config``)."""
+    built once from the validated config (``config_type`` is the stage module's ``Config``); with ``model``,
+    as that model's stages see it (its merged ``train`` section: cohortseg.config.model_config)."""
     if snakemake.log:
         log_path = str(snakemake.log[0])
         os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
@@ -32,6 +33,8 @@ def setup(snakemake: Any, config_type: type[C]) -> C:
     log_job_timing()
     cfg = dict(snakemake.config)
     check_semantics(cfg)
+    if model is not None:
+        cfg = model_config(cfg, model)
     if "torch" in sys.modules:  # a light job never imports torch just to set its threads
         set_threads(snakemake.threads)
     return config_type.from_config(cfg)  # type: ignore[attr-defined, no-any-return]

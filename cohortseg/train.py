@@ -34,6 +34,7 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from torchio.transforms.augmentation import RandomTransform
 from . import __version__
 from .model import build_loss, build_model, discretise, probabilities, save_model, target
 from .patches import EpochSampler, PatchDataset, patch_loader
-from .settings import PreprocessSettings, StageConfig, TrainSettings
+from .settings import AUTO, PreprocessSettings, StageConfig, TrainSettings, planned_preprocess, planned_train
 from .util import (atomic_path, log, package_versions, resolve_device, save_torch, seed_everything, set_threads,
                    write_json, write_tsv)
 from .window import PADDING, sliding_window, torchio_padding_mode
@@ -60,6 +61,17 @@ class Config(StageConfig):
     labels: tuple[str, ...]
     seed: int
     deterministic: bool
+
+    def with_plans(self, dataset_plan: dict[str, Any], model_plan: dict[str, Any]) -> Config:
+        """The config with the plan's values for its `auto` keys (cohortseg.plans: results/plans/)."""
+        return dataclasses.replace(self, preprocess=planned_preprocess(dataset_plan),
+                                   train=planned_train(self.train, model_plan))
+
+    def check_resolved(self) -> None:
+        if not self.preprocess.resolved or AUTO in (self.train.batch_size, self.train.patch.size):
+            raise ValueError("the training config still holds `auto` values: train through the workflow (which "
+                             "plans them: results/plans/) or set preprocess.spacing/size/normalisation, "
+                             "train.batch_size and train.patch.size")
 
 
 @dataclass(frozen=True)
@@ -221,7 +233,7 @@ def _precision(name: str, device: torch.device) -> tuple[torch.dtype | None, Any
     return torch.float16, torch.amp.GradScaler("cuda")
 
 
-def plot_curves(history: pd.DataFrame, labels: list[str], path: str | Path, fold: int) -> None:
+def plot_curves(history: pd.DataFrame, labels: list[str], path: str | Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,13 +242,13 @@ def plot_curves(history: pd.DataFrame, labels: list[str], path: str | Path, fold
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(history["epoch"], history["train_loss"], label="train")
     ax1.plot(history["epoch"], history["val_loss"], label="validation")
-    ax1.set_xlabel("epoch"); ax1.set_ylabel("loss"); ax1.legend(); ax1.set_title(f"fold {fold}: loss")
+    ax1.set_xlabel("epoch"); ax1.set_ylabel("loss"); ax1.legend(); ax1.set_title(f"{title}: loss")
     for name in labels:
         ax2.plot(history["epoch"], history[f"val_dice_{name}"], label=name)
     best = history["val_dice"].idxmax()
     ax2.axvline(history.loc[best, "epoch"], color="grey", ls=":", label="best")
     ax2.set_ylim(0, 1); ax2.set_xlabel("epoch"); ax2.set_ylabel("validation Dice"); ax2.legend()
-    ax2.set_title(f"fold {fold}: validation Dice")
+    ax2.set_title(f"{title}: validation Dice")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png", metadata={"Software": None})
@@ -244,9 +256,10 @@ def plot_curves(history: pd.DataFrame, labels: list[str], path: str | Path, fold
 
 
 def train_fold(config: Config, fold: int, splits: dict[str, Any], paths: FoldPaths, code: str = "",
-               threads: int = 1) -> dict[str, Any]:
-    """Train one fold (see :class:`FoldTrainer`); returns what ``train.json`` records."""
-    return FoldTrainer(config, fold, splits, paths, code, threads).run()
+               threads: int = 1, name: str | None = None) -> dict[str, Any]:
+    """Train one fold of model ``name`` (default: its family; see :class:`FoldTrainer`); returns what
+    ``train.json`` records."""
+    return FoldTrainer(config, fold, splits, paths, code, threads, name).run()
 
 
 @dataclass
@@ -266,8 +279,10 @@ class FoldTrainer:
     """One cross-validation fold, as named steps: :meth:`run` calls them in order."""
 
     def __init__(self, config: Config, fold: int, splits: dict[str, Any], paths: FoldPaths, code: str = "",
-                 threads: int = 1) -> None:
+                 threads: int = 1, name: str | None = None) -> None:
+        config.check_resolved()
         self.config, self.tc, self.fold, self.paths = config, config.train, fold, paths
+        self.name = name or config.train.model
         self.splits, self.split, self.code, self.threads = splits, splits["folds"][fold], code, threads
         self.labels, self.n_labels = list(config.labels), len(config.labels)
         self.seed = config.seed + fold
@@ -275,6 +290,7 @@ class FoldTrainer:
         # the network's window: the patch in patch mode, the preprocessed size otherwise
         self.window = [int(s) for s in self.tc.patch.size] if self.tc.patch_mode else self.volume_size
         self.progress = Progress()
+        self.planned_epochs = self.tc.epochs
         self.stop_signal: list[int] = []
 
     def run(self) -> dict[str, Any]:
@@ -379,12 +395,32 @@ class FoldTrainer:
 
     # -- one epoch -----------------------------------------------------------------------------------
     def epochs(self) -> Iterator[int]:
+        """The epochs to run; with ``train.max_minutes`` their number is fitted after the first one."""
         from tqdm import tqdm
 
-        epochs = self.tc.epochs
-        self.bar = tqdm(range(self.progress.start_epoch, epochs), desc=f"fold {self.fold}", unit="epoch",
-                        initial=self.progress.start_epoch, total=epochs, mininterval=1)
-        yield from self.bar
+        self.planned_epochs = self.tc.epochs
+        epoch = self.progress.start_epoch
+        self.bar = tqdm(total=self.planned_epochs, desc=f"fold {self.fold}", unit="epoch", initial=epoch, mininterval=1)
+        while epoch < self.planned_epochs:
+            t0 = time.time()
+            yield epoch
+            self.bar.update(1)
+            epoch += 1
+            if self.tc.max_minutes is not None and epoch == self.progress.start_epoch + 1:
+                self.fit_to_budget(epoch, time.time() - t0)
+        self.bar.close()
+
+    def fit_to_budget(self, done: int, seconds_per_epoch: float) -> None:
+        """As many epochs as fit ``train.max_minutes`` at the first epoch's pace; the cosine schedule ends
+        with them."""
+        assert self.tc.max_minutes is not None
+        fit = int(self.tc.max_minutes * 60 // max(seconds_per_epoch, 1e-6))
+        self.planned_epochs = max(done, min(self.tc.epochs, fit))
+        self.bar.total = self.planned_epochs
+        if isinstance(self.sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            self.sched.T_max = self.planned_epochs
+        log.info("fold %d: %.1f s an epoch -> %d epochs in train.max_minutes %.1f", self.fold, seconds_per_epoch,
+                 self.planned_epochs, self.tc.max_minutes)
 
     def should_stop_early(self, epoch: int) -> bool:
         pr, tc = self.progress, self.tc
@@ -485,18 +521,22 @@ class FoldTrainer:
         self.model.load_state_dict(pr.best_state)
         hist = pd.DataFrame(pr.history)
         meta = {
-            "cohortseg": __version__, "fold": self.fold, "labels": self.labels, "size": self.window,
+            "cohortseg": __version__, "model_name": self.name, "fold": self.fold, "labels": self.labels,
+            "size": self.window,
             "volume_size": self.volume_size, "train": self.tc.to_dict(), "preprocess": self.config.preprocess.to_dict(),
             "seed": self.seed, "best_epoch": pr.best_epoch, "best_val_dice": pr.best_dice,
             "fingerprint": self.fingerprint, "input_padding": PADDING,
         }
         save_model(self.paths.model, self.model, meta)
         write_tsv(self.paths.history, hist)
-        plot_curves(hist, self.labels, self.paths.curves, self.fold)
-        info = {**meta, "epochs_run": len(hist), "resumed_from_epoch": pr.resumed_from,
+        plot_curves(hist, self.labels, self.paths.curves, f"{self.name} fold {self.fold}")
+        info = {**meta, "epochs_run": len(hist), "epochs_planned": self.planned_epochs,
+                "resumed_from_epoch": pr.resumed_from,
                 "train_subjects": self.split["train"], "val_subjects": self.split["val"],
                 "train_seconds_total": float(hist["seconds"].sum()), "wall_seconds_this_run": wall,
                 "device": str(self.device), "threads": self.threads, "compute_threads": self.compute_threads(),
+                "n_parameters": sum(p.numel() for p in self.model.parameters()),
+                "peak_memory_mb": peak_memory_mb(self.device),
                 "deterministic": self.config.deterministic,
                 "precision": str(self.dtype).replace("torch.", "") if self.dtype is not None else "float32",
                 "loader": {"mode": "patch" if self.tc.patch_mode else "volume", "workers": self.tc.loader_workers},
@@ -507,6 +547,16 @@ class FoldTrainer:
         log.info("fold %d: best validation Dice %.4f at epoch %d; %d epochs in %.1fs", self.fold, pr.best_dice,
                  pr.best_epoch, len(hist), wall)
         return info
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of the training: the GPU's allocated peak on CUDA, the process's peak resident set on CPU
+    (which includes the interpreter and libraries, some 400 MB)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _schedule(tc: TrainSettings, opt: torch.optim.Optimizer) -> Any:

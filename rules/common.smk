@@ -9,9 +9,10 @@ import pandas as pd
 from snakemake.utils import validate
 
 from cohortseg import codehash
-from cohortseg.config import SCHEMA, check_semantics, loader_workers
+from cohortseg.config import (SCHEMA, check_semantics, check_unique_keys, loader_workers, model_config, model_names)
 from cohortseg.prepare import ALL, SUBJECT_SECTIONS, shard_bits, shard_of, shards
 
+check_unique_keys(list(workflow.configfiles))
 validate(config, str(SCHEMA), set_default=True)
 check_semantics(config)
 
@@ -21,18 +22,35 @@ RES = config["resources"]
 PREFIX = config["pseudonym"]["prefix"]
 PER_JOB = config["prepare"]["subjects_per_job"]
 SUBJECT_RE = re.escape(PREFIX) + "[0-9a-f]+"
+# the study's models (config `models`, or one named after train.model): a dimension of the DAG
+MODELS = model_names(config)
 
 
 wildcard_constraints:
     subject=SUBJECT_RE,
     fold=r"\d+",
     shard=f"{ALL}|[01]+",
+    model="|".join(re.escape(m) for m in MODELS),
 
 
 def fingerprint(stage):
     """Params value: the hash of the package code the stage runs and of the config sections its module
     declares (its `class Config`): a change to either reruns the stage (params trigger)."""
     return codehash.fingerprint(stage, config)
+
+
+def train_code(wildcards):
+    """A model's training params: its own merged configuration (adding or editing another model reruns
+    nothing of this one)."""
+    return codehash.fingerprint("train", model_config(config, wildcards.model))
+
+
+def plan_model_code(wildcards):
+    return codehash.fingerprint("plans", model_config(config, wildcards.model), ("train", "plans", "labels", "resources"))
+
+
+def plan_dataset_code(wildcards):
+    return codehash.fingerprint("plans", config, ("preprocess", "plans", "labels"))
 
 
 def index_inputs(wildcards):
@@ -82,28 +100,55 @@ def shard_subjects():
 
 
 def prepared(subjects):
-    """The shard manifests that prove ``subjects`` are converted (and, if labelled, preprocessed)."""
+    """The shard manifests that prove ``subjects`` are converted (with their mask and survey)."""
     bits = shard_bits(len(included_table()), PER_JOB)
     return sorted({f"results/prepared/{shard_of(s, PREFIX, bits)}.json" for s in subjects})
 
 
-def ensemble_shards():
-    """{shard: [subjects]} of the subjects the ensemble predicts (test + unlabelled)."""
-    return _cached("ensemble_shards", checkpoints.split.get().output.splits, shards_of(ensemble_subjects()))
-
-
-def ensemble_prediction(subject):
-    bits = shard_bits(len(ensemble_subjects()), PER_JOB)
-    return f"results/predictions/shards/{shard_of(subject, PREFIX, bits)}.json"
-
-
-def labelled_subjects():
-    inc = included_table()
-    return sorted(inc.loc[inc["has_mask"].astype(str).str.lower() == "true", "subject"])
-
-
 def splits():
     return _cached("splits", checkpoints.split.get().output.splits, _read_json)
+
+
+def cv_subjects():
+    """The labelled subjects of the folds (training + validation): what plans, preprocessing and training see."""
+    return sorted({s for f in splits()["folds"] for s in f["train"] + f["val"]})
+
+
+def test_subjects():
+    return sorted(splits()["test"])
+
+
+def ensemble_subjects():
+    """What the study's selection predicts: the test subjects and the unlabelled ones."""
+    sp = splits()
+    return sorted(sp["test"] + sp.get("unlabelled", []))
+
+
+def _shards_by(name, subjects):
+    return _cached(name, checkpoints.split.get().output.splits, shards_of(subjects))
+
+
+def preprocess_shards():
+    """{shard: [subjects]} of the cross-validation subjects."""
+    return _shards_by("preprocess_shards", cv_subjects())
+
+
+def test_shards():
+    return _shards_by("test_shards", test_subjects())
+
+
+def study_shards():
+    return _shards_by("study_shards", ensemble_subjects())
+
+
+def _shard_file(folder, subject, subjects):
+    return f"{folder}/{shard_of(subject, PREFIX, shard_bits(len(subjects), PER_JOB))}.json"
+
+
+def preprocessed(subjects):
+    """The preprocess shard manifests that prove ``subjects`` are preprocessed."""
+    cv = cv_subjects()
+    return sorted({_shard_file("results/preprocessed", s, cv) for s in subjects})
 
 
 def fold_subjects(fold):
@@ -115,21 +160,20 @@ def fold_val(fold):
     return splits()["folds"][int(fold)]["val"]
 
 
-def fold_models():
-    return [f"results/models/fold{k}/model.pt" for k in range(N_FOLDS)]
+def fold_models(model):
+    return [f"results/models/{model}/fold{k}/model.pt" for k in range(N_FOLDS)]
 
 
-def prediction_pairs():
-    """(model, subject) of every prediction that has a reference: fold validation + ensemble test."""
-    sp = splits()
-    pairs = [(f"fold{k}", s) for k, f in enumerate(sp["folds"]) for s in f["val"]]
-    pairs += [("ensemble", s) for s in sp["test"]]
-    return pairs
+def fold_infos(model):
+    return [f"results/models/{model}/fold{k}/train.json" for k in range(N_FOLDS)]
 
 
-def ensemble_subjects():
-    sp = splits()
-    return sorted(sp["test"] + sp.get("unlabelled", []))
+def all_fold_models():
+    return [p for m in MODELS for p in fold_models(m)]
+
+
+def all_manifests():
+    return [f"results/models/{m}/ensemble.json" for m in MODELS]
 
 
 def external_cohort(name):
@@ -144,26 +188,6 @@ def external_images(wildcards):
 
 def external_runtime(wildcards, attempt):
     return attempt * (10 + 2 * len(external_cohort(wildcards.cohort)))
-
-
-def metrics_inputs(wildcards):
-    pairs = prediction_pairs()
-    return {
-        "fold_preds": [f"results/predictions/fold{k}" for k in range(N_FOLDS)],
-        "ensemble_preds": sorted({ensemble_prediction(s) for m, s in pairs if m == "ensemble"}),
-        "refs": prepared([s for m, s in pairs]),
-        "train_info": [f"results/models/fold{k}/train.json" for k in range(N_FOLDS)],
-    }
-
-
-def metric_pairs(wildcards):
-    """(model, subject, prediction, reference) of every scored prediction, in source space."""
-    return [(m, s, f"results/predictions/{m}/{s}.nii.gz", f"results/nifti/{s}/label.nii.gz")
-            for m, s in prediction_pairs()]
-
-
-def metric_pred_info(wildcards):
-    return [f"results/predictions/{m}/{s}.json" for m, s in prediction_pairs()]
 
 
 # --- named input, params and resource functions of the rules (no lambdas in rules/) ---------------
@@ -189,8 +213,40 @@ def prepare_runtime(wildcards, attempt):
     return attempt * (10 + 5 * -(-n // RES["light_threads"]))
 
 
-def train_prepared(wildcards):
-    return prepared(fold_subjects(wildcards.fold))
+def survey_prepared(wildcards):
+    return prepared(cv_subjects())
+
+
+def survey_files(wildcards):
+    """The surveys the plan reads: the cross-validation subjects' only (test subjects influence nothing)."""
+    return [f"results/nifti/{s}/survey.json" for s in cv_subjects()]
+
+
+def plan_models(wildcards):
+    return [f"results/plans/models/{m}.json" for m in MODELS]
+
+
+def preprocess_job_subjects(wildcards):
+    return preprocess_shards()[wildcards.shard]
+
+
+def preprocess_prepared(wildcards):
+    return prepared(preprocess_shards()[wildcards.shard])
+
+
+def preprocess_runtime(wildcards, attempt):
+    n = len(preprocess_shards()[wildcards.shard])
+    return attempt * (10 + 2 * -(-n // RES["light_threads"]))
+
+
+def train_preprocessed(wildcards):
+    return preprocessed(fold_subjects(wildcards.fold))
+
+
+def train_threads(wildcards):
+    """The network's threads plus the loader's worker processes where the model may train on patches
+    (an explicit or planned patch: the script uses them only in patch mode)."""
+    return RES["train_threads"] + loader_workers(model_config(config, wildcards.model))
 
 
 def train_mem_mb(wildcards, attempt):
@@ -202,8 +258,17 @@ def train_runtime(wildcards, attempt):
     return RES["train_runtime_min"] * attempt
 
 
-def export_prepared(wildcards):
-    return prepared(fold_val(0)[:1])
+def ensemble_models(wildcards):
+    return fold_models(wildcards.model)
+
+
+def ensemble_infos(wildcards):
+    """Each fold's metadata (labels, window, architecture, validation Dice), read without torch."""
+    return fold_infos(wildcards.model)
+
+
+def export_preprocessed(wildcards):
+    return preprocessed(fold_val(0)[:1])
 
 
 def export_volume(wildcards):
@@ -220,20 +285,48 @@ def fold_val_prepared(wildcards):
     return prepared(fold_val(wildcards.fold))
 
 
+def fold_model(wildcards):
+    return [f"results/models/{wildcards.model}/fold{wildcards.fold}/model.pt"]
+
+
 def fold_val_cases(wildcards, output):
     return prediction_cases(output.preds, fold_val(wildcards.fold))
 
 
-def ensemble_shard_prepared(wildcards):
-    return prepared(ensemble_shards()[wildcards.shard])
+def fold_predictor_name(wildcards):
+    return f"{wildcards.model}/fold{wildcards.fold}"
 
 
-def ensemble_shard_cases(wildcards):
-    return prediction_cases("results/predictions/ensemble", ensemble_shards()[wildcards.shard])
+def test_shard_prepared(wildcards):
+    return prepared(test_shards()[wildcards.shard])
 
 
-def ensemble_shard_runtime(wildcards, attempt):
-    return attempt * (10 + 2 * len(ensemble_shards()[wildcards.shard]))
+def model_manifest(wildcards):
+    return [f"results/models/{wildcards.model}/ensemble.json"]
+
+
+def test_shard_cases(wildcards):
+    return prediction_cases(f"results/predictions/{wildcards.model}/test", test_shards()[wildcards.shard])
+
+
+def test_shard_runtime(wildcards, attempt):
+    return attempt * (10 + 2 * len(test_shards()[wildcards.shard]))
+
+
+def ensemble_predictor_name(wildcards):
+    return f"{wildcards.model}/ensemble"
+
+
+def study_shard_prepared(wildcards):
+    return prepared(study_shards()[wildcards.shard])
+
+
+def study_shard_cases(wildcards):
+    return prediction_cases("results/predictions/study", study_shards()[wildcards.shard])
+
+
+def study_shard_runtime(wildcards, attempt):
+    return attempt * (10 + 2 * len(MODELS) * len(study_shards()[wildcards.shard]))
 
 
 def external_cohort_cases(wildcards, output):
@@ -242,12 +335,82 @@ def external_cohort_cases(wildcards, output):
             for case, image in external_cohort(wildcards.cohort)]
 
 
+def cv_prediction_folders(wildcards):
+    return [f"results/predictions/{m}/fold{k}" for m in MODELS for k in range(N_FOLDS)]
+
+
+def cv_references(wildcards):
+    return prepared(cv_subjects())
+
+
+def cv_cases(wildcards):
+    """(subject, {model: probabilities}, reference) of every cross-validation subject (cohortseg.study)."""
+    return [(s, {m: f"results/predictions/{m}/fold{k}/{s}.probs.npz" for m in MODELS},
+             f"results/nifti/{s}/label.nii.gz") for k, f in enumerate(splits()["folds"]) for s in f["val"]]
+
+
+def models_list(wildcards):
+    return MODELS
+
+
+def _test_shard_file(model, subject):
+    return _shard_file(f"results/predictions/{model}/test_shards", subject, test_subjects())
+
+
+def _study_shard_file(subject):
+    return _shard_file("results/predictions/study/shards", subject, ensemble_subjects())
+
+
+def metric_pairs(wildcards):
+    """(model, predictor, set, subject, prediction, reference) of every scored prediction, in source space:
+    each model's folds on their validation subjects, its fold ensemble and the study's selection on the test
+    subjects."""
+    sp = splits()
+    ref = "results/nifti/{}/label.nii.gz".format
+    pairs = [(m, f"fold{k}", "cv", s, f"results/predictions/{m}/fold{k}/{s}.nii.gz", ref(s))
+             for m in MODELS for k, f in enumerate(sp["folds"]) for s in f["val"]]
+    pairs += [(m, "ensemble", "test", s, f"results/predictions/{m}/test/{s}.nii.gz", ref(s))
+              for m in MODELS for s in sp["test"]]
+    pairs += [("study", "selected", "test", s, f"results/predictions/study/{s}.nii.gz", ref(s)) for s in sp["test"]]
+    return pairs
+
+
+def metrics_inputs(wildcards):
+    tests = test_subjects()
+    return {
+        "fold_preds": cv_prediction_folders(wildcards),
+        "test_preds": sorted({_test_shard_file(m, s) for m in MODELS for s in tests}),
+        "study_preds": sorted({_study_shard_file(s) for s in tests}),
+        "refs": prepared(cv_subjects() + tests),
+        "train_info": [p for m in MODELS for p in fold_infos(m)],
+    }
+
+
+def metric_pred_info(wildcards):
+    return [re.sub(r"\.nii\.gz$", ".json", p[4]) for p in metric_pairs(wildcards)]
+
+
+def all_train_infos(wildcards):
+    return [p for m in MODELS for p in fold_infos(m)]
+
+
+def all_histories(wildcards):
+    return [f"results/models/{m}/fold{k}/history.tsv" for m in MODELS for k in range(N_FOLDS)]
+
+
 def overlay_prepared(wildcards):
     return prepared([wildcards.subject])
 
 
-def overlay_prediction(wildcards):
-    return ensemble_prediction(wildcards.subject)
+def overlay_predictions(wildcards):
+    return [_test_shard_file(m, wildcards.subject) for m in MODELS] + [_study_shard_file(wildcards.subject)]
+
+
+def overlay_panels(wildcards):
+    """(name, prediction) of every panel row: each model's ensemble, then the study's selection."""
+    s = wildcards.subject
+    return [(m, f"results/predictions/{m}/test/{s}.nii.gz") for m in MODELS] + [
+        ("study (selected)", f"results/predictions/study/{s}.nii.gz")]
 
 
 def provenance_prepared(wildcards):
@@ -264,11 +427,11 @@ def results_folder(wildcards, output):
 
 
 def repro_runtime(wildcards):
-    return 4 * RES["train_runtime_min"] * (config["repro"]["runs"] + len(config["repro"]["threads"]))
+    return 4 * RES["train_runtime_min"] * len(MODELS) * (config["repro"]["runs"] + len(config["repro"]["threads"]))
 
 
 def overlay_subjects():
-    return splits()["test"][: config["report"]["overlays"]]
+    return test_subjects()[: config["report"]["overlays"]]
 
 
 def all_targets(wildcards):
@@ -278,13 +441,16 @@ def all_targets(wildcards):
 def all_outputs(wildcards):
     targets = [
         "results/cohort/excluded.tsv",
-        "results/models/ensemble.json",
+        "results/plans/plans.json",
         "results/metrics/summary.tsv",
+        "results/study/selection.json",
+        "results/study/comparison.tsv",
         "results/report/selection.png",
         "results/report/dice.png",
     ]
-    targets += [f"results/models/fold{k}/curves.png" for k in range(N_FOLDS)]
-    targets += [f"results/predictions/shards/{shard}.json" for shard in ensemble_shards()]
+    targets += all_manifests()
+    targets += [f"results/models/{m}/fold{k}/curves.png" for m in MODELS for k in range(N_FOLDS)]
+    targets += [f"results/predictions/study/shards/{shard}.json" for shard in study_shards()]
     targets += [f"results/report/overlays/{s}.png" for s in overlay_subjects()]
     targets += [f"results/predictions_external/{c}" for c in config["infer"]["cohorts"] if external_cohort(c)]
     if config["export"]["enabled"]:

@@ -1,17 +1,17 @@
 rule ensemble:
-    """Manifest of exactly the declared folds (a missing fold is an error, never a smaller ensemble)."""
+    """A model's manifest of exactly the declared folds (a missing fold is an error naming the model, never
+    a smaller ensemble)."""
     input:
-        models=fold_models(),
-        # each fold's metadata (labels, window, architecture, validation Dice), read without torch
-        infos=[f"results/models/fold{k}/train.json" for k in range(N_FOLDS)],
+        models=ensemble_models,
+        infos=ensemble_infos,
     output:
-        manifest="results/models/ensemble.json",
+        manifest="results/models/{model}/ensemble.json",
     params:
         code=fingerprint("ensemble"),
     log:
-        "logs/ensemble.log",
+        "logs/ensemble/{model}.log",
     benchmark:
-        "logs/benchmarks/ensemble.tsv",
+        "logs/benchmarks/ensemble/{model}.tsv",
     resources:
         mem_mb=RES["light_mem_mb"],
         runtime=5,

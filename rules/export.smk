@@ -1,12 +1,14 @@
 rule export:
-    """TorchScript + ONNX of every fold and of the ensemble, each checked against PyTorch on a
-    preprocessed validation image, and the 3D Slicer package of the best fold (results/export/)."""
+    """TorchScript + ONNX of every fold and of the fold ensemble of each model the study selected, each
+    checked against PyTorch on a preprocessed validation image, and the 3D Slicer package of its best fold
+    (results/export/<model>/; the selection and its post-processing recorded in export.json)."""
     input:
-        manifest="results/models/ensemble.json",
-        models=fold_models(),
-        prepared=export_prepared,
+        selection="results/study/selection.json",
+        manifests=all_manifests(),
+        models=all_fold_models(),
+        prepared=export_preprocessed,
     output:
-        # fold<k>.ts/.onnx, ensemble.ts/.onnx, the Slicer package and export.json (parity figures)
+        # <model>/fold<k>.ts/.onnx, <model>/ensemble.ts/.onnx, the Slicer package, export.json (parity)
         folder=directory("results/export"),
     params:
         code=fingerprint("export"),

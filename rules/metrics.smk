@@ -1,5 +1,6 @@
 rule metrics:
-    """Dice, IoU, HD95, HD, average Hausdorff and volumes in mm; per case, summaries, timing."""
+    """Dice, IoU, HD95, HD, average Hausdorff and volumes in mm of every model (folds on their validation
+    subjects, fold ensembles and the study's selection on the test subjects); per case, summaries, timing."""
     input:
         unpack(metrics_inputs),
     output:

@@ -1,6 +1,7 @@
 rule prepare:
     """One shard of subjects: DICOM -> NIfTI under the pseudonym (identifier-free sidecar), the
-    radiologist's mask on the image grid, and preprocessing; unchanged subjects are skipped."""
+    radiologist's mask on the image grid, and the case's survey for the plan; unchanged subjects are
+    skipped."""
     input:
         included="results/cohort/included.tsv",
         series_files=f"{PRIV}/series_files.json",
@@ -11,9 +12,8 @@ rule prepare:
         code=fingerprint("prepare"),
         subjects=shard_job_subjects,
         stamp=subject_stamp,
-        # each subject's files go to results/nifti/<subject>/ and results/preproc/<subject>/
+        # each subject's files go to results/nifti/<subject>/
         nifti="results/nifti",
-        preproc="results/preproc",
     log:
         "logs/prepare/{shard}.log",
     benchmark:

@@ -24,7 +24,7 @@ rule selection_chart:
 
 
 rule dice_chart:
-    """Dice per case, per fold and for the ensemble."""
+    """Dice per case of every model: cross-validation and test."""
     input:
         cases="results/metrics/cases.tsv",
     output:
@@ -49,10 +49,11 @@ rule dice_chart:
 
 
 rule overlay:
-    """Ensemble prediction (red) and reference (green) on the source image of a test subject."""
+    """Every model's test prediction and the study's selection (red) against the reference (green), side
+    by side on the source image of a test subject."""
     input:
         prepared=overlay_prepared,
-        predicted=overlay_prediction,
+        predicted=overlay_predictions,
     output:
         png=report(
             "results/report/overlays/{subject}.png",
@@ -64,7 +65,7 @@ rule overlay:
         code=fingerprint("report"),
         image="results/nifti/{subject}/image.nii.gz",
         reference="results/nifti/{subject}/label.nii.gz",
-        prediction="results/predictions/ensemble/{subject}.nii.gz",
+        panels=overlay_panels,
     log:
         "logs/report/overlay/{subject}.log",
     benchmark:

@@ -1,28 +1,31 @@
 rule train:
-    """One fold: model, per-epoch history, curves; checkpoints in results/checkpoints (resumable)."""
+    """One fold of one model: model, per-epoch history, curves; checkpoints in results/checkpoints
+    (resumable)."""
     input:
-        prepared=train_prepared,
+        preprocessed=train_preprocessed,
         splits="results/splits.json",
+        dataset="results/plans/dataset.json",
+        plan="results/plans/models/{model}.json",
     output:
-        model="results/models/fold{fold}/model.pt",
-        history="results/models/fold{fold}/history.tsv",
+        model="results/models/{model}/fold{fold}/model.pt",
+        history="results/models/{model}/fold{fold}/history.tsv",
         curves=report(
-            "results/models/fold{fold}/curves.png",
+            "results/models/{model}/fold{fold}/curves.png",
             category="3. Training",
             caption="../report/curves.rst",
-            labels={"fold": "{fold}", "figure": "learning curves"},
+            labels={"model": "{model}", "fold": "{fold}", "figure": "learning curves"},
         ),
-        info="results/models/fold{fold}/train.json",
+        info="results/models/{model}/fold{fold}/train.json",
     params:
-        code=fingerprint("train"),
-        checkpoint="results/checkpoints/fold{fold}.pt",
+        code=train_code,
+        checkpoint="results/checkpoints/{model}/fold{fold}.pt",
         preproc="results/preproc",
     log:
-        "logs/train/fold{fold}.log",
+        "logs/train/{model}/fold{fold}.log",
     benchmark:
-        "logs/benchmarks/train/fold{fold}.tsv",
+        "logs/benchmarks/train/{model}/fold{fold}.tsv",
     # the network's threads plus the patch loader's worker processes (one thread each)
-    threads: RES["train_threads"] + loader_workers(config)
+    threads: train_threads
     resources:
         mem_mb=train_mem_mb,
         runtime=train_runtime,

@@ -2,4 +2,5 @@ from cohortseg.export import Config, run
 from cohortseg.smk import setup
 
 config = setup(snakemake, Config)
-run(config, snakemake.input.manifest, snakemake.output.folder, snakemake.params.volume, snakemake.threads)
+i = snakemake.input
+run(config, list(i.manifests), i.selection, snakemake.output.folder, snakemake.params.volume, snakemake.threads)

@@ -8,4 +8,4 @@ if snakemake.rule == "selection_chart":
 elif snakemake.rule == "dice_chart":
     report.dice_chart(i.cases, o.png)
 else:
-    report.overlay(p.image, p.reference, p.prediction, o.png, f"ensemble, {snakemake.wildcards.subject}")
+    report.overlay(p.image, p.reference, [tuple(x) for x in p.panels], o.png, f"test subject {snakemake.wildcards.subject}")

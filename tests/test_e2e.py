@@ -65,29 +65,61 @@ def workflow(tmp_path_factory: pytest.TempPathFactory, tiny_cohort: Path) -> Pat
     return wd
 
 
+MODELS = ("unet", "segresnet")  # tests/config/tiny.yaml
+
+
 def test_pipeline_outputs(workflow: Path) -> None:
     r = workflow / "results"
     splits = json.loads((r / "splits.json").read_text())
     assert len(splits["folds"]) == 2 and splits["test"]
     cases = pd.read_csv(r / "metrics" / "cases.tsv", sep="\t")
-    expected = {("ensemble", s) for s in splits["test"]} | {(f"fold{k}", s) for k, f in enumerate(splits["folds"]) for s in f["val"]}
-    assert set(zip(cases["model"], cases["subject"])) == expected
+    expected = {(m, f"fold{k}", "cv", s) for m in MODELS for k, f in enumerate(splits["folds"]) for s in f["val"]}
+    expected |= {(m, "ensemble", "test", s) for m in MODELS for s in splits["test"]}
+    expected |= {("study", "selected", "test", s) for s in splits["test"]}
+    assert set(zip(cases["model"], cases["predictor"], cases["set"], cases["subject"])) == expected
     assert cases["status"].isin(["ok", "empty_prediction", "empty_reference", "both_empty"]).all()
     summary = pd.read_csv(r / "metrics" / "summary.tsv", sep="\t")
-    assert {"fold0", "fold1", "cv_pooled", "ensemble"} <= set(summary["model"])
+    for m in MODELS:
+        assert {"fold0", "fold1", "cv_pooled", "ensemble"} <= set(summary[summary["model"] == m]["predictor"])
     timing = pd.read_csv(r / "metrics" / "timing.tsv", sep="\t")
-    assert set(timing["step"]) == {"train", "predict"}
-    for k in range(2):
-        hist = pd.read_csv(r / "models" / f"fold{k}" / "history.tsv", sep="\t")
-        assert len(hist) == 3 and {"train_loss", "val_dice", "val_dice_lesion", "lr"} <= set(hist.columns)
-        assert (r / "models" / f"fold{k}" / "curves.png").stat().st_size > 1000
-        assert not (r / "checkpoints" / f"fold{k}.pt").exists(), "a finished fold leaves no checkpoint behind"
-    # the exports: every fold and the ensemble, parity-checked on a preprocessed validation image
-    export = json.loads((r / "export" / "export.json").read_text())
-    assert set(export["models"]) == {"fold0", "fold1", "ensemble"} and export["test_volume"] == "preprocessed test image"
-    assert all(m["onnx_max_abs_diff"] <= 1e-4 and (r / "export" / m["onnx"]).exists() for m in export["models"].values())
-    ens = json.loads((r / "models" / "ensemble.json").read_text())
-    assert [f["fold"] for f in ens["folds"]] == [0, 1]
+    assert set(timing["step"]) == {"train", "predict"} and set(MODELS) <= set(timing["model"])
+    for m in MODELS:
+        for k in range(2):
+            fold = r / "models" / m / f"fold{k}"
+            hist = pd.read_csv(fold / "history.tsv", sep="\t")
+            assert len(hist) == 3 and {"train_loss", "val_dice", "val_dice_lesion", "lr"} <= set(hist.columns)
+            assert (fold / "curves.png").stat().st_size > 1000
+            assert json.loads((fold / "train.json").read_text())["model_name"] == m
+            assert not (r / "checkpoints" / m / f"fold{k}.pt").exists(), "a finished fold leaves no checkpoint behind"
+        ens = json.loads((r / "models" / m / "ensemble.json").read_text())
+        assert [f["fold"] for f in ens["folds"]] == [0, 1] and ens["model"] == m
+    # plans: every automatic choice with its source; the models' plans fit the CPU budget
+    plans = json.loads((r / "plans" / "plans.json").read_text())
+    assert set(plans["models"]) == set(MODELS) and all(p["fits"] for p in plans["models"].values())
+    assert plans["dataset"]["preprocess"]["normalisation"] in ("zscore", "percentile", "ct")
+    # the selection, made on cross-validation only: the test subjects are nowhere in its evidence
+    sel = json.loads((r / "study" / "selection.json").read_text())
+    cv = {s for f in splits["folds"] for s in f["val"]}
+    assert sel["n_subjects"] == len(cv) and set(sel["selected"]["models"]) <= set(MODELS)
+    assert {c["candidate"] for c in sel["candidates"]} >= set(MODELS)
+    # the comparison: both models, both sets; every pair of models compared on the same cases
+    comp = pd.read_csv(r / "study" / "comparison.tsv", sep="\t")
+    assert {(m, s) for m in MODELS for s in ("cv", "test")} <= set(zip(comp["model"], comp["set"]))
+    pairs = pd.read_csv(r / "study" / "pairs.tsv", sep="\t")
+    assert {"wilcoxon_p", "holm_p", "median_diff"} <= set(pairs.columns) and len(pairs) > 0
+    models = pd.read_csv(r / "study" / "models.tsv", sep="\t")
+    assert set(models["model"]) == set(MODELS) and (models["n_parameters"] > 0).all()
+    assert (r / "study" / "learning_curves.png").stat().st_size > 1000
+    # the exports: the selected models' folds and ensembles, parity-checked, with the selection recorded
+    index = json.loads((r / "export" / "export.json").read_text())
+    assert set(index["models"]) == set(sel["selected"]["models"])
+    assert index["selection"]["postprocessing"] == sel["postprocessing"]
+    for m in index["models"]:
+        export = json.loads((r / "export" / m / "export.json").read_text())
+        assert set(export["models"]) == {"fold0", "fold1", "ensemble"}
+        assert export["test_volume"] == "preprocessed test image"
+        assert all(v["onnx_max_abs_diff"] <= 1e-4 and (r / "export" / m / v["onnx"]).exists()
+                   for v in export["models"].values())
 
 
 def test_provenance_manifest(workflow: Path) -> None:
@@ -100,7 +132,8 @@ def test_provenance_manifest(workflow: Path) -> None:
     assert set(man["inputs"]) == set(inc["subject"])
     assert all(len(v["source_sha256"]) == 64 and len(v["mask_sha256"]) == 64 for v in man["inputs"].values())
     outs = man["outputs"]
-    assert "results/metrics/summary.tsv" in outs and "results/models/fold0/model.pt" in outs
+    assert "results/metrics/summary.tsv" in outs and "results/models/unet/fold0/model.pt" in outs
+    assert "results/study/selection.json" in outs and "results/plans/plans.json" in outs
     for path, digest in outs.items():
         assert sha256_file(workflow / path) == digest, path
 
@@ -113,23 +146,30 @@ def test_predictions_are_in_source_space(workflow: Path) -> None:
     splits = json.loads((r / "splits.json").read_text())
     for s in splits["test"]:
         src = nib.load(str(r / "nifti" / s / "image.nii.gz"))
-        pred = nib.load(str(r / "predictions" / "ensemble" / f"{s}.nii.gz"))
-        assert pred.shape == src.shape
-        np.testing.assert_allclose(pred.affine, src.affine, atol=1e-5)
-        assert pred.header["descrip"].tobytes().strip(b"\x00") == b""
+        for pred_path in [r / "predictions" / "study" / f"{s}.nii.gz",
+                          *[r / "predictions" / m / "test" / f"{s}.nii.gz" for m in MODELS]]:
+            pred = nib.load(str(pred_path))
+            assert pred.shape == src.shape
+            np.testing.assert_allclose(pred.affine, src.affine, atol=1e-5)
+            assert pred.header["descrip"].tobytes().strip(b"\x00") == b""
 
 
 def test_one_case_gives_one_segmentation_on_every_path(workflow: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same case through the workflow's infer_fold / infer_ensemble rules, through `cohortseg infer`
-    (fold model, ensemble manifest) and through the exported TorchScript and ONNX programs
-    (`cohortseg infer --exported`): identical voxels on the PyTorch paths, Dice >= 0.999 for ONNX."""
+    """The same case through the workflow's infer_fold / infer_ensemble / infer_study rules, through
+    `cohortseg infer` (fold model, ensemble manifest, the study's selection) and through the exported
+    TorchScript and ONNX programs of the selected model (`cohortseg infer --exported`, which apply the
+    selection's post-processing when the model was selected alone): identical voxels on the PyTorch paths,
+    Dice >= 0.999 for ONNX."""
     import nibabel as nib
     import numpy as np
 
+    from cohortseg import postprocess
     from cohortseg.cli import main
 
     r = workflow / "results"
     splits = json.loads((r / "splits.json").read_text())
+    sel = json.loads((r / "study" / "selection.json").read_text())
+    m = sel["selected"]["models"][0]
     val, test = splits["folds"][0]["val"][0], splits["test"][0]
     monkeypatch.chdir(workflow)
     cfg = "tests/config/tiny.yaml"
@@ -144,19 +184,33 @@ def test_one_case_gives_one_segmentation_on_every_path(workflow: Path, monkeypat
     def dice(a: np.ndarray, b: np.ndarray) -> float:
         return 2 * float(((a > 0) & (b > 0)).sum()) / max(1, int((a > 0).sum() + (b > 0).sum()))
 
+    alone = len(sel["selected"]["models"]) == 1
+
+    def as_exported(seg: np.ndarray) -> np.ndarray:
+        return postprocess.apply(seg, sel["postprocessing"], ["lesion"]) if alone else seg
+
     tmp = workflow / "paths"
-    fold_rule = saved(r / "predictions" / "fold0" / f"{val}.nii.gz")
-    ensemble_rule = saved(r / "predictions" / "ensemble" / f"{test}.nii.gz")
+    fold_rule = saved(r / "predictions" / m / "fold0" / f"{val}.nii.gz")
+    ensemble_rule = saved(r / "predictions" / m / "test" / f"{test}.nii.gz")
+    study_rule = saved(r / "predictions" / "study" / f"{test}.nii.gz")
+    manifests = [a for x in sel["selected"]["models"] for a in ("--ensemble", f"results/models/{x}/ensemble.json")]
     paths = {
-        "fold0: cohortseg infer --model": (fold_rule, cli(val, tmp / "fold0_cli.nii.gz", "--model", "results/models/fold0/model.pt")),
-        "fold0: TorchScript": (fold_rule, cli(val, tmp / "fold0_ts.nii.gz", "--exported", "results/export/fold0.ts")),
+        "fold0: cohortseg infer --model": (fold_rule, cli(val, tmp / "fold0_cli.nii.gz", "--model",
+                                                          f"results/models/{m}/fold0/model.pt")),
         "ensemble: cohortseg infer --ensemble": (ensemble_rule, cli(test, tmp / "ens_cli.nii.gz", "--ensemble",
-                                                                    "results/models/ensemble.json")),
-        "ensemble: TorchScript": (ensemble_rule, cli(test, tmp / "ens_ts.nii.gz", "--exported", "results/export/ensemble.ts")),
+                                                                    f"results/models/{m}/ensemble.json")),
+        "study: cohortseg infer --selection": (study_rule, cli(test, tmp / "study_cli.nii.gz", *manifests,
+                                                              "--selection", "results/study/selection.json")),
+        "fold0: TorchScript": (as_exported(fold_rule), cli(val, tmp / "fold0_ts.nii.gz", "--exported",
+                                                           f"results/export/{m}/fold0.ts")),
+        "ensemble: TorchScript": (as_exported(ensemble_rule), cli(test, tmp / "ens_ts.nii.gz", "--exported",
+                                                                  f"results/export/{m}/ensemble.ts")),
     }
     onnx = {
-        "fold0: ONNX": (fold_rule, cli(val, tmp / "fold0_onnx.nii.gz", "--exported", "results/export/fold0.onnx")),
-        "ensemble: ONNX": (ensemble_rule, cli(test, tmp / "ens_onnx.nii.gz", "--exported", "results/export/ensemble.onnx")),
+        "fold0: ONNX": (as_exported(fold_rule), cli(val, tmp / "fold0_onnx.nii.gz", "--exported",
+                                                    f"results/export/{m}/fold0.onnx")),
+        "ensemble: ONNX": (as_exported(ensemble_rule), cli(test, tmp / "ens_onnx.nii.gz", "--exported",
+                                                           f"results/export/{m}/ensemble.onnx")),
     }
     for name, (rule, other) in {**paths, **onnx}.items():
         print(f"{name}: {int((other > 0).sum())} foreground voxels, rule's {int((rule > 0).sum())}, "
@@ -223,8 +277,8 @@ def slurm_submissions(wd: Path) -> list[str]:
 
     from snakemake_executor_plugin_slurm.utils import get_job_wildcards
 
-    rules = ["prepare", "train", "ensemble", "export", "infer_fold", "infer_ensemble",
-             "infer_external", "metrics", "selection_chart", "dice_chart", "overlay", "provenance", "all"]
+    rules = ["prepare", "plan_dataset", "plan_model", "plans", "preprocess", "train", "ensemble", "export", "infer_fold",
+             "infer_ensemble", "study", "infer_study", "compare", "infer_external", "metrics", "selection_chart", "dice_chart", "overlay", "provenance", "all"]
     proc = smk(wd, "--profile", "profiles/slurm", "-n", "--forcerun", "prepare", "--allowed-rules", *rules)
     out = proc.stdout + proc.stderr
     subs = []
@@ -262,7 +316,7 @@ def test_rerun_triggers_follow_the_parsed_code(workflow: Path) -> None:
     """Rerun exactly what a code change touches: a comment or docstring edit reruns nothing; an edit of a
     function of train.py reruns training and what consumes models, never the cohort stages; an edit of
     metrics.py reruns metrics and what reads them, never training or inference; an edit of preprocess.py
-    (shared by prepare and infer) reruns both and what follows."""
+    (a stage of its own now) reruns preprocessing and what follows, never conversion or the plans."""
     assert planned_jobs(smk(workflow, "-n")) == {}
     pkg = workflow / "cohortseg"
     train_py, metrics_py, preprocess_py = pkg / "train.py", pkg / "metrics.py", pkg / "preprocess.py"
@@ -275,18 +329,17 @@ def test_rerun_triggers_follow_the_parsed_code(workflow: Path) -> None:
         _edited(train_py, "out.append(1.0 if denom == 0", "out.append(1.0 if denom <= 0")
         jobs = planned_jobs(smk(workflow, "-n"))
         print("function edit of train.py:", jobs)
-        splits = json.loads((workflow / "results" / "splits.json").read_text())
-        consumers = {"train": 2, "ensemble": 1, "export": 1, "infer_fold": 2, "infer_external": 1, "metrics": 1,
-                     "dice_chart": 1, "overlay": 1, "provenance": 1, "all": 1,
-                     "infer_ensemble": len(shard_list(workflow, splits["test"] + splits.get("unlabelled", [])))}
-        assert jobs == consumers, jobs
+        # training, and what consumes models; never the cohort, conversion, plans or preprocessing
+        assert jobs.get("train") == 4 and jobs.get("infer_fold") == 4 and jobs.get("ensemble") == 2, jobs
+        assert {"study", "compare", "export", "metrics", "infer_study", "infer_external"} <= set(jobs), jobs
+        assert not {"index", "select", "split", "prepare", "plan_dataset", "plan_model", "preprocess"} & set(jobs), jobs
     finally:
         train_py.write_text(original)
     original = _edited(metrics_py, "voxel = float(np.prod(spacing))", "voxel = float(np.prod(spacing)) * 1.0")
     try:
         jobs = planned_jobs(smk(workflow, "-n"))
         print("function edit of metrics.py:", jobs)
-        assert jobs == {"metrics": 1, "dice_chart": 1, "provenance": 1, "all": 1}, jobs
+        assert jobs == {"metrics": 1, "compare": 1, "dice_chart": 1, "provenance": 1, "all": 1}, jobs
     finally:
         metrics_py.write_text(original)
     original = _edited(preprocess_py, "return {str(v): int((data == v).sum()) for v in range(1, n_labels + 1)}",
@@ -294,23 +347,38 @@ def test_rerun_triggers_follow_the_parsed_code(workflow: Path) -> None:
     try:
         jobs = planned_jobs(smk(workflow, "-n"))
         print("function edit of preprocess.py:", jobs)
-        splits = json.loads((workflow / "results" / "splits.json").read_text())
-        assert jobs.get("prepare") == len(shard_list(workflow)) and jobs.get("train") == 2
-        assert jobs.get("infer_ensemble") == len(shard_list(workflow, splits["test"])) and jobs.get("infer_fold") == 2
-        assert "index" not in jobs and "select" not in jobs and "split" not in jobs
+        assert jobs.get("preprocess", 0) >= 1 and jobs.get("train") == 4, jobs
+        assert not {"index", "select", "split", "prepare", "plan_dataset", "plan_model"} & set(jobs), jobs
     finally:
         preprocess_py.write_text(original)
     assert planned_jobs(smk(workflow, "-n")) == {}
 
 
+def test_adding_a_model_trains_and_predicts_only_that_model(workflow: Path) -> None:
+    """A third model added to the finished study: its plan, folds, ensemble and predictions are planned, and
+    what compares or selects across models; no job of the two finished models."""
+    from cohortseg.plan import parse_dry_run
+
+    extra = workflow / "three_models.yaml"
+    extra.write_text("models:\n  unet: {family: unet}\n  segresnet: {family: segresnet, base_filters: 4}\n"
+                     "  small: {family: unet, base_filters: 4}\n")
+    proc = smk(workflow, "-n", "--configfile", "tests/config/tiny.yaml", str(extra))
+    jobs = parse_dry_run(proc.stdout + proc.stderr)
+    per_model = jobs[jobs["rule"].isin(["plan_model", "train", "ensemble", "infer_fold", "infer_ensemble"])]
+    print(per_model[["rule", "wildcards"]].to_string())
+    assert len(per_model) and per_model["wildcards"].str.contains("model=small").all(), per_model
+    assert set(per_model["rule"]) >= {"plan_model", "train", "ensemble", "infer_fold"}
+    assert {"study", "compare"} <= set(jobs["rule"]) and "preprocess" not in set(jobs["rule"])
+
+
 def test_missing_fold_is_an_error(workflow: Path) -> None:
     from cohortseg.ensemble import build_ensemble
 
-    models = [str(workflow / "results" / "models" / "fold0" / "model.pt")]
-    with pytest.raises(ValueError, match="all 2 declared folds"):
-        build_ensemble(models, 2, workflow / "ens.json")
-    with pytest.raises(FileNotFoundError, match="fold 1 model"):
-        build_ensemble(models + [str(workflow / "nope.pt")], 2, workflow / "ens.json")
+    models = [str(workflow / "results" / "models" / "unet" / "fold0" / "model.pt")]
+    with pytest.raises(ValueError, match="model 'unet'.*all 2 declared folds"):
+        build_ensemble(models, 2, workflow / "ens.json", "unet")
+    with pytest.raises(FileNotFoundError, match="model 'unet': fold 1"):
+        build_ensemble(models + [str(workflow / "nope.pt")], 2, workflow / "ens.json", "unet")
     assert not (workflow / "ens.json").exists()
 
 
@@ -489,8 +557,8 @@ def test_training_survives_slurm_time_limit(workflow: Path, slurm: dict[str, str
     (wd / "tests" / "config" / "long_train.yaml").write_text(
         f"train: {{epochs: 2000, patience: 5000}}\nresources: {{train_runtime_min: {limit_min}}}\n")
     # the main run's selection, split and prepared subjects (mtimes kept): only training is left to do
-    for sub in ("results/cohort", "results/splits.json", "results/prepared", "results/nifti", "results/preproc",
-                "private/series_files.json", "private/masks.json"):
+    for sub in ("results/cohort", "results/splits.json", "results/prepared", "results/nifti", "results/plans",
+                "results/preprocessed", "results/preproc", "private/series_files.json", "private/masks.json"):
         src, dst = workflow / sub, wd / sub
         if src.is_dir():
             shutil.copytree(src, dst, copy_function=shutil.copy2)
@@ -499,7 +567,7 @@ def test_training_survives_slurm_time_limit(workflow: Path, slurm: dict[str, str
             shutil.copy2(src, dst)
     env = {**os.environ, **slurm, "PYTHONPATH": str(wd), "PYTHONDONTWRITEBYTECODE": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run([*SNAKEMAKE, "results/models/fold0/model.pt", "--profile", "profiles/slurm",
+    proc = subprocess.run([*SNAKEMAKE, "results/models/unet/fold0/model.pt", "--profile", "profiles/slurm",
                            "--configfile", "tests/config/tiny.yaml", "tests/config/long_train.yaml",
                            "--slurm-no-account", "--slurm-init-seconds-before-status-checks", "2",
                            "--seconds-between-status-checks", "2", "--retries", "3", "--rerun-triggers", "mtime",
@@ -527,13 +595,13 @@ def test_training_survives_slurm_time_limit(workflow: Path, slurm: dict[str, str
     assert first.get("TimeLimit") == f"00:{limit_min:02d}:00", first
     assert last.get("TimeLimit") == f"00:{limit_min * len(ids):02d}:00", (first, last)
     assert last.get("JobState") == "COMPLETED", last
-    info = json.loads((wd / "results" / "models" / "fold0" / "train.json").read_text())
+    info = json.loads((wd / "results" / "models" / "unet" / "fold0" / "train.json").read_text())
     retry_log = next((wd / ".snakemake" / "slurm_logs" / "rule_train").glob(f"*/{ids[-1]}.log")).read_text()
     assert info["resumed_from_epoch"] is not None, (log[-3000:], retry_log[-3000:])
     assert info["epochs_run"] == 2000 and 0 <= info["resumed_from_epoch"] < 2000, info
     print(f"first attempt ran {first.get('RunTime')} (limit {first.get('TimeLimit')}, USR1@{signal_s}); the retry "
           f"resumed after epoch {info['resumed_from_epoch']} and ran {last.get('RunTime')}")
-    assert not (wd / "results" / "checkpoints" / "fold0.pt").exists()
+    assert not (wd / "results" / "checkpoints" / "unet" / "fold0.pt").exists()
 
 
 def test_plan_refuses_what_the_cluster_cannot_run(workflow: Path, slurm: dict[str, str]) -> None:
@@ -578,7 +646,7 @@ def test_plan_lists_jobs_and_resources(workflow: Path, tmp_path: Path) -> None:
     rows = {r[0]: dict(zip(header, r)) for r in lines[1:] if r[0].isidentifier() and len(r) >= header.index("slurm_partition") + 1}
     included = len(pd.read_csv(workflow / "results" / "cohort" / "included.tsv", sep="\t"))
     assert {"prepare", "train"} <= rows.keys(), proc.stdout
-    assert int(rows["prepare"]["jobs"]) == len(shard_list(workflow)) <= included and int(rows["train"]["jobs"]) == 2, proc.stdout
+    assert int(rows["prepare"]["jobs"]) == len(shard_list(workflow)) <= included and int(rows["train"]["jobs"]) == 4, proc.stdout
     assert rows["train"]["slurm_partition"] == "gpu" and rows["train"].get("gpu") == "1", proc.stdout
     assert rows["prepare"]["slurm_partition"] == "cpu" and "gpu" not in rows["prepare"], proc.stdout
     assert {"ensemble", "infer_ensemble", "metrics", "provenance"} <= rows.keys(), proc.stdout

@@ -34,7 +34,7 @@ def _fold_models(tmp_path: Path, model: str, normalisation: str = "zscore") -> t
     cfg = load(None, {"study": "unit", "labels": ["anterior", "posterior"],
                       "train": {"model": model, "base_filters": 4, "levels": 3, "unetr_hidden_size": 48,
                                 "unetr_heads": 4, "unetr_feature_size": 8},
-                      "preprocess": {"size": [16, 16, 16], "normalisation": normalisation}})
+                      "preprocess": {"size": [16, 16, 16], "spacing": [1.0, 1.0, 1.0], "normalisation": normalisation}})
     paths = []
     for k in range(2):
         torch.manual_seed(k)
@@ -47,7 +47,10 @@ def _fold_models(tmp_path: Path, model: str, normalisation: str = "zscore") -> t
         save_model(p, net, meta)
         (p.parent / "train.json").write_text(json.dumps(meta))
         paths.append(str(p))
-    build_ensemble(paths, 2, tmp_path / "ensemble.json")
+    build_ensemble(paths, 2, tmp_path / "ensemble.json", model)
+    selection = {"selected": {"models": [model]}, "postprocessing": {"foreground_lcc": True, "label_lcc": []},
+                 "cv_mean_dice_with_postprocessing": 0.5}
+    (tmp_path / "selection.json").write_text(json.dumps(selection))
     return cfg, tmp_path / "ensemble.json"
 
 
@@ -59,20 +62,24 @@ def test_exports_match_pytorch_and_slicer_package_loads(tmp_path: Path, model: s
     from cohortseg.model import load_model
 
     cfg, manifest = _fold_models(tmp_path, model)
-    info = run(Config.from_config(cfg), manifest, tmp_path / "export")
+    index = run(Config.from_config(cfg), [str(manifest)], tmp_path / "selection.json", tmp_path / "export")
+    assert index["models"] == {model: {"folder": model, "programs": ["ensemble", "fold0", "fold1"]}}
+    info = json.loads((tmp_path / "export" / model / "export.json").read_text())
+    # the model was selected alone: the study's post-processing goes with its programs
+    assert info["postprocessing"] == {"foreground_lcc": True, "label_lcc": []}
     assert set(info["models"]) == {"fold0", "fold1", "ensemble"}
     for stem, m in info["models"].items():
         assert m["torchscript_max_abs_diff"] <= 1e-4 and m["onnx_max_abs_diff"] <= 1e-4, (stem, m)
-        assert (tmp_path / "export" / f"{stem}.onnx").stat().st_size > 1000
+        assert (tmp_path / "export" / model / f"{stem}.onnx").stat().st_size > 1000
         # no local path in an export: the same model exported from another checkout gives the same bytes
         for f in (m["torchscript"], m["onnx"]):
-            data = (tmp_path / "export" / f).read_bytes()
+            data = (tmp_path / "export" / model / f).read_bytes()
             data = _records(data) if f.endswith(".ts") else data
             assert PACKAGE not in data and b"site-packages" not in data, f
     print(model, {k: (v["torchscript_max_abs_diff"], v["onnx_max_abs_diff"]) for k, v in info["models"].items()})
     # the Slicer package: the better fold (fold1), loaded as the extension does
-    z = zipfile.ZipFile(tmp_path / "export" / info["slicer"]["zip"])
-    name = "cohortseg-unit"
+    z = zipfile.ZipFile(tmp_path / "export" / model / info["slicer"]["zip"])
+    name = f"cohortseg-unit-{model}"
     assert sorted(z.namelist()) == [f"{name}/README.md", f"{name}/labels.csv", f"{name}/model.pt"]
     assert "normalised image's minimum" in z.read(f"{name}/README.md").decode()
     ck = torch.load(io.BytesIO(z.read(f"{name}/model.pt")), map_location="cpu", weights_only=True)
@@ -87,7 +94,7 @@ def test_exports_match_pytorch_and_slicer_package_loads(tmp_path: Path, model: s
     assert ck["config"]["input_padding"] == "image_minimum"
     rows = list(csv.DictReader(io.StringIO(z.read(f"{name}/labels.csv").decode())))
     assert [(r["LabelValue"], r["Name"]) for r in rows] == [("1", "anterior"), ("2", "posterior")]
-    assert json.loads((tmp_path / "export" / "export.json").read_text())["slicer"]["fold"] == 1
+    assert info["slicer"]["fold"] == 1
 
 
 def test_slicer_package_refuses_percentile_models(tmp_path: Path) -> None:

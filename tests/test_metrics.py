@@ -153,21 +153,23 @@ def test_summary_has_folds_pooled_and_ensemble():
     rows = []
     for model, dices in {"fold0": [0.8, 0.6], "fold1": [0.7], "ensemble": [0.9, 0.7]}.items():
         for i, d in enumerate(dices):
-            rows.append({"model": model, "subject": f"s{i}", "label": "lesion", "status": "ok", "dice": d, "iou": d,
+            rows.append({"model": "unet", "predictor": model, "set": "test" if model == "ensemble" else "cv",
+                         "subject": f"s{i}", "label": "lesion", "status": "ok", "dice": d, "iou": d,
                          "hd95": 1, "hd": 1, "avg_hd": 1, "vol_ref_mm3": 1, "vol_pred_mm3": 1, "vol_diff_mm3": 0,
                          "vol_diff_pct": 0})
-    rows.append({"model": "ensemble", "subject": "s9", "label": "lesion", "status": "empty_prediction", "dice": 0.0,
+    rows.append({"model": "unet", "predictor": "ensemble", "set": "test", "subject": "s9", "label": "lesion", "status": "empty_prediction", "dice": 0.0,
                  "iou": 0.0, "hd95": 50.0, "hd": 50.0, "avg_hd": 50.0, "vol_ref_mm3": 1, "vol_pred_mm3": 0,
                  "vol_diff_mm3": -1, "vol_diff_pct": -100})
     s = pd.DataFrame(summarise(rows))
-    hd = s[s["metric"] == "hd95"].set_index("model")
+    hd = s[s["metric"] == "hd95"].set_index("predictor")
     # the failed case is in the distance mean, and counted beside it
     assert hd.loc["ensemble", "mean"] == pytest.approx((1 + 1 + 50) / 3) and hd.loc["ensemble", "n"] == 3
     assert hd.loc["ensemble", "n_penalised"] == 1 and hd.loc["ensemble", "penalised_share"] == pytest.approx(1 / 3)
     assert hd.loc["fold0", "n_penalised"] == 0
     rows.pop()
     s = pd.DataFrame(summarise(rows))
-    d = s[s["metric"] == "dice"].set_index("model")
+    d = s[s["metric"] == "dice"].set_index("predictor")
     assert d.loc["fold0", "mean"] == pytest.approx(0.7) and d.loc["fold0", "sd"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
     assert d.loc["cv_pooled", "n"] == 3 and d.loc["cv_pooled", "median"] == pytest.approx(0.7)
     assert d.loc["ensemble", "mean"] == pytest.approx(0.8)
+    assert set(s["model"]) == {"unet"} and d.loc["cv_pooled", "set"] == "cv" and d.loc["ensemble", "set"] == "test"

@@ -59,7 +59,7 @@ def _config(normalisation: str) -> dict:
     return {"study": "parity", "labels": ["lesion"], "seed": 5,
             "preprocess": {"spacing": [2.0, 2.0, 2.0], "size": WINDOW, "normalisation": normalisation},
             "train": {"levels": 3, "base_filters": 8, "res_units": 1, "epochs": 60, "min_epochs": 60, "patience": 100,
-                      "batch_size": 2, "lr": 0.01, "device": "cpu", "augment": none},
+                      "batch_size": 2, "lr": 0.01, "device": "cpu", "augment": none, "patch": {"size": None}},
             "infer": {"overlap": 0.5, "mode": "gaussian"}}
 
 
@@ -67,7 +67,7 @@ def _config(normalisation: str) -> dict:
 def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Subjects of the three sizes, preprocessed, and a fold model trained on two of each size."""
     from cohortseg.config import load
-    from cohortseg.preprocess import run as preprocess
+    from cohortseg.preprocess import preprocess_subject
     from cohortseg.settings import PreprocessSettings
     from cohortseg.train import Config, FoldPaths, train_fold
 
@@ -83,8 +83,8 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             name = f"sub-{size}{i}"
             _subject(root / "nifti" / name, shape, spacing, rng)
             src, dst = root / "nifti" / name, root / "preproc" / name
-            info = preprocess(PreprocessSettings.from_dict(cfg["preprocess"]), 1, name, src / "image.nii.gz",
-                              src / "label.nii.gz", dst / "image.nii", dst / "label.nii", dst / "info.json")
+            info = preprocess_subject(PreprocessSettings.from_dict(cfg["preprocess"]), 1, name, src / "image.nii.gz",
+                                      src / "label.nii.gz", dst)
             assert all(n >= w for n, w in zip(info["output_shape"], WINDOW))
             subjects.setdefault(size, []).append(name)
     # the size classes really are smaller than, equal to and larger than the window after resampling
@@ -165,7 +165,7 @@ def test_window_padding_is_preprocessings_padding(shape: tuple[int, int, int]) -
     same placement (ceil(n/2) voxels before the image), voxel for voxel; cropping gives the image back."""
     import torchio as tio
 
-    from cohortseg.preprocess import Volume, pad_to_size
+    from cohortseg.volume import Volume, pad_to_size
     from cohortseg.window import PADDING, pad_to_window
 
     window = [8, 9, 6]
@@ -226,5 +226,5 @@ def test_export_without_padding_record_is_refused(trained: dict, tmp_path: Path)
     predictors, exported_meta = load_program(tmp_path / "fold0.ts")
     subject = trained["subjects"]["smaller"][0]
     with pytest.raises(PaddingUnknown, match="records no input padding"):
-        predict(predictors, exported_meta, InferSettings.from_dict(trained["cfg"]["infer"]),
+        predict([(predictors, exported_meta)], InferSettings.from_dict(trained["cfg"]["infer"]),
                 root / "nifti" / subject / "image.nii.gz")

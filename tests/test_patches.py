@@ -105,7 +105,9 @@ def test_batches_do_not_depend_on_workers(volumes):
 
 
 def test_train_job_counts_loader_workers():
-    assert config_mod.loader_workers(config_mod.load(None, {"train": {"workers": 3}})) == 0  # whole-volume mode
+    # whole-volume mode: no loader workers; auto: the plan may choose a patch, so they are counted
+    assert config_mod.loader_workers(config_mod.load(None, {"train": {"workers": 3, "patch": {"size": None}}})) == 0
+    assert config_mod.loader_workers(config_mod.load(None, {"train": {"workers": 3}})) == 3
     cfg = config_mod.load(None, {"train": {"workers": 3, "patch": {"size": [32, 32, 32]}}})
     assert config_mod.loader_workers(cfg) == 3
 
@@ -120,7 +122,7 @@ def test_patch_larger_than_volume_is_a_config_error():
 def test_patch_training_is_deterministic_and_window_is_the_patch(volumes, tmp_path):
     root, names = volumes
     cfg = config_mod.load(None, {
-        "preprocess": {"size": [32, 32, 32]}, "labels": ["a", "b"],
+        "preprocess": {"size": [32, 32, 32], "spacing": [1.0, 1.0, 1.0], "normalisation": "zscore"}, "labels": ["a", "b"],
         "train": {"levels": 3, "base_filters": 8, "res_units": 1, "epochs": 2, "batch_size": 4, "device": "cpu",
                   "patch": {"size": [16, 16, 16], "samples_per_volume": 2}, "workers": 1}})
     splits = {"folds": [{"train": names[:4], "val": names[4:]}]}
@@ -145,8 +147,8 @@ def test_patch_training_is_deterministic_and_window_is_the_patch(volumes, tmp_pa
     from cohortseg.model import load_model
 
     model, meta = load_model(tmp_path / "a" / "model.pt")
-    out, _ = predict([network_predictor(model, 2)], meta, InferSettings.from_dict(cfg["infer"]),
-                     root / names[5] / "image.nii")
+    out, _, _ = predict([([network_predictor(model, 2)], meta)], InferSettings.from_dict(cfg["infer"]),
+                        root / names[5] / "image.nii")
     assert out.shape == (32, 32, 32) and np.allclose(out.affine, AFFINE)
 
 
@@ -155,7 +157,7 @@ def test_compiled_channels_last_patch_training_runs(volumes, tmp_path):
     file holds the plain network's weights (no compile wrapper prefixes), loadable for inference."""
     root, names = volumes
     cfg = config_mod.load(None, {
-        "preprocess": {"size": [32, 32, 32]}, "labels": ["a", "b"],
+        "preprocess": {"size": [32, 32, 32], "spacing": [1.0, 1.0, 1.0], "normalisation": "zscore"}, "labels": ["a", "b"],
         "train": {"levels": 3, "base_filters": 8, "res_units": 1, "epochs": 1, "batch_size": 4, "device": "cpu",
                   "patch": {"size": [16, 16, 16]}, "compile": True, "channels_last": True}})
     d = tmp_path / "c"

@@ -60,8 +60,8 @@ def test_shard_skips_unchanged_subjects_and_redoes_a_changed_one(cohort: tuple[P
     assert sorted(manifest["subjects"]) == subjects
     for files in manifest["subjects"].values():
         assert all((wd / p).exists() for p in files.values())
-        assert {"image", "label", "preproc_image", "preproc_label"} <= set(files)
-    before = {s: (wd / "results" / "preproc" / s / "image.nii").stat().st_mtime_ns for s in subjects}
+        assert {"image", "label", "survey"} <= set(files)
+    before = {s: (wd / "results" / "nifti" / s / "survey.json").stat().st_mtime_ns for s in subjects}
 
     assert "0 prepared" in cli(wd, "prepare", "--shard", shard).stdout
 
@@ -70,12 +70,12 @@ def test_shard_skips_unchanged_subjects_and_redoes_a_changed_one(cohort: tuple[P
     changed = subjects[0]
     os.utime(wd / masks[changed], ns=(1, 1))
     assert "1 prepared" in cli(wd, "prepare", "--shard", shard).stdout
-    after = {s: (wd / "results" / "preproc" / s / "image.nii").stat().st_mtime_ns for s in subjects}
+    after = {s: (wd / "results" / "nifti" / s / "survey.json").stat().st_mtime_ns for s in subjects}
     assert [s for s in subjects if after[s] != before[s]] == [changed]
 
     # a named subject is always redone, without touching the shard's manifest
     cli(wd, "prepare", subjects[1])
-    assert (wd / "results" / "preproc" / subjects[1] / "image.nii").stat().st_mtime_ns != before[subjects[1]]
+    assert (wd / "results" / "nifti" / subjects[1] / "survey.json").stat().st_mtime_ns != before[subjects[1]]
 
 
 def test_bad_subject_is_reported_and_the_others_are_prepared(cohort: tuple[Path, dict[str, list[str]]]) -> None:
@@ -90,8 +90,8 @@ def test_bad_subject_is_reported_and_the_others_are_prepared(cohort: tuple[Path,
     assert "ZQXPHI" not in proc.stdout + proc.stderr and str(wd / "data") not in proc.stderr, proc.stderr
     assert not (wd / "results" / "prepared" / f"{shard}.json").exists()
     for s in subjects[:-1]:
-        assert (wd / "results" / "preproc" / s / "label.nii").exists(), s
-    assert not (wd / "results" / "preproc" / bad).exists()
+        assert (wd / "results" / "nifti" / s / "survey.json").exists(), s
+    assert not (wd / "results" / "nifti" / bad / "survey.json").exists()
     # fixed: the rerun redoes only the bad subject and writes the manifest
     shutil.copy(wd / masks[subjects[0]], wd / masks[bad])
     out = cli(wd, "prepare", "--shard", shard).stdout

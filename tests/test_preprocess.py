@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from cohortseg.preprocess import Volume, inference_volume, pad_to_size, read_volume, resample_to_spacing, to_canonical
-from cohortseg.settings import PreprocessSettings
+from cohortseg.volume import Volume, inference_volume, pad_to_size, read_volume, resample_to_spacing, to_canonical
+from cohortseg.settings import CtSettings, PreprocessSettings
 
 from .conftest import need_shared
 
@@ -43,7 +43,7 @@ def _compare(image: Path, label: Path | None, pp: PreprocessSettings) -> float:
 
 
 def _pp(normalisation: str, spacing: tuple[float, float, float]) -> PreprocessSettings:
-    return PreprocessSettings("RAS", spacing, (32, 32, 32), normalisation, (0.5, 99.5))
+    return PreprocessSettings("RAS", spacing, (32, 32, 32), normalisation, (0.5, 99.5), CtSettings("auto", "auto", "auto"))
 
 
 def test_equals_torchio_on_hippocampus_cases() -> None:

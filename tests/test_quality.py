@@ -1,15 +1,15 @@
 """A quality floor: a test that fails when training learns nothing.
 
-The synthetic DICOM cohort goes through the stages the workflow runs (index, select, split, prepare, one
-fold of training, inference in the source space, metrics), in process; the held-out test subjects, which
-neither training nor epoch selection saw, must reach a mean Dice of at least FLOOR in their own source
+The synthetic DICOM cohort goes through the stages the workflow runs (index, select, split, prepare,
+plans, preprocess, one fold of training, inference in the source space, metrics), in process; the
+held-out test subjects, which neither training nor epoch selection saw, must reach a mean Dice of at least FLOOR in their own source
 space, and the training loss must fall. (Checked by hand: with train.lr 0 or a loss multiplied by 0 the
 test fails, see the closing note of issue 18.)"""
 
 from __future__ import annotations
 
+import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,7 @@ SETTINGS = {  # the demo's model and schedule, shortened: a CPU minute
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from cohortseg import index, prepare, select, split
+    from cohortseg import index, plans, prepare, preprocess, select, split
     from cohortseg.config import load
     from cohortseg.demo_cohort import generate
     from cohortseg.train import Config as TrainConfig
@@ -48,14 +48,21 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     select.run(select.Config.from_config(cfg), out.series, out.subjects, c / "included.tsv", c / "excluded.tsv",
                c / "summary.tsv", c / "summary.txt", out.descriptors)
     splits = split.run(split.Config.from_config(cfg), c / "included.tsv", r / "splits.json")
-    folders = prepare.Folders(str(r / "nifti"), str(r / "preproc"))
-    shards = prepare.shards(list(pd.read_csv(c / "included.tsv", sep="\t")["subject"]), "sub-", 64)
-    for shard in shards:
+    subjects = list(pd.read_csv(c / "included.tsv", sep="\t")["subject"])
+    for shard in prepare.shards(subjects, "sub-", 64):
         prepare.run(prepare.Config.from_config(cfg), shard, c / "included.tsv", out.series_files, out.masks, None,
-                    "quality", folders)
+                    "quality", prepare.Folders(str(r / "nifti")))
+    # the workflow's order: plans from the cross-validation subjects' surveys, preprocessing by the plan
+    cv = sorted({s for f in splits["folds"] for s in f["train"] + f["val"]})
+    pc = plans.Config.from_config(cfg)
+    dataset = plans.run_dataset(pc, [json.loads((r / "nifti" / s / "survey.json").read_text()) for s in cv],
+                                str(r / "plans" / "dataset.json"))
+    model_plan = plans.run_model(pc, "unet", dataset, str(r / "plans" / "unet.json"))
+    preprocess.run(preprocess.Config.from_config(cfg), r / "plans" / "dataset.json", cv, str(r / "nifti"),
+                   str(r / "preproc"), r / "preprocessed.json", "all", "quality", 2)
     t0 = time.time()
     paths = FoldPaths.default(r / "preproc", r / "models", r / "checkpoints", 0)
-    info = train_fold(TrainConfig.from_config(cfg), 0, splits, paths, "quality", 2)
+    info = train_fold(TrainConfig.from_config(cfg).with_plans(dataset, model_plan), 0, splits, paths, "quality", 2)
     return {"root": root, "cfg": cfg, "splits": splits, "info": info, "paths": paths, "train_s": time.time() - t0}
 
 

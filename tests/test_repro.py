@@ -90,7 +90,7 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not one of"):
         _cfg(stages=["train", "segment"])
     cfg = _cfg(stages=["split", "infer"], threads=[1, 2, 4])
-    assert stage_range(cfg) == ["split", "prepare", "train", "ensemble", "infer"]
+    assert stage_range(cfg) == ["split", "prepare", "plans", "preprocess", "train", "ensemble", "infer"]
     assert plan(cfg) == [("exec1-t1", 1), ("exec2-t1", 1), ("exec3-t2", 2), ("exec4-t4", 4)]
     # the schema refuses these; the audit refuses them again when handed a config built otherwise
     with pytest.raises(ReproError, match=">= 2"):

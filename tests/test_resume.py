@@ -22,7 +22,7 @@ SET = {"split": {"folds": 2, "test_fraction": 0.0}, "train": {"epochs": 10, "pat
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, tiny_cohort):
-    """Index, select, convert and preprocess the tiny cohort once, with the CLI."""
+    """Index, select, split, prepare, plan and preprocess the tiny cohort once, with the CLI."""
     wd = tmp_path_factory.mktemp("resume")
     (wd / "data").mkdir()
     (wd / "data" / "tiny").symlink_to(tiny_cohort)
@@ -33,14 +33,16 @@ def prepared(tmp_path_factory, tiny_cohort):
     run("select")
     run("split")
     splits = json.loads((wd / "results" / "splits.json").read_text())
-    for s in splits["folds"][0]["train"] + splits["folds"][0]["val"]:
-        run("convert", s)
-        run("preprocess", s)
+    subjects = splits["folds"][0]["train"] + splits["folds"][0]["val"]
+    run("prepare", *subjects)
+    run("plans")
+    run("preprocess", *subjects)
     return wd, cfg
 
 
 def _train(wd: Path, cfg: str, out: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "cohortseg.cli", "train", "0", "-c", cfg, "--set", json.dumps(SET),
+                             "--model-name", "unet",
                              "--out", out, "--checkpoints", f"{out}-ckpt"], cwd=wd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -51,7 +53,7 @@ def test_interrupted_training_resumes_to_identical_weights(prepared):
     assert ref.wait(timeout=600) == 0, ref.stdout.read()
 
     proc = _train(wd, cfg, "cut")
-    ckpt = wd / "cut-ckpt" / "fold0.pt"
+    ckpt = wd / "cut-ckpt" / "unet" / "fold0.pt"
     t0 = time.time()
     while not ckpt.exists():
         assert proc.poll() is None, "training ended before its first checkpoint"
@@ -59,7 +61,7 @@ def test_interrupted_training_resumes_to_identical_weights(prepared):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGUSR1)
     assert proc.wait(timeout=300) == 75, proc.stdout.read()
-    assert ckpt.exists() and not (wd / "cut" / "fold0" / "model.pt").exists()
+    assert ckpt.exists() and not (wd / "cut" / "unet" / "fold0" / "model.pt").exists()
     stopped_after = torch.load(ckpt, weights_only=True)["epoch"]
     assert stopped_after < SET["train"]["epochs"] - 1
 
@@ -67,11 +69,11 @@ def test_interrupted_training_resumes_to_identical_weights(prepared):
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out
     assert f"resuming after epoch {stopped_after}" in out
-    info = json.loads((wd / "cut" / "fold0" / "train.json").read_text())
+    info = json.loads((wd / "cut" / "unet" / "fold0" / "train.json").read_text())
     assert info["resumed_from_epoch"] == stopped_after and info["epochs_run"] == SET["train"]["epochs"]
 
-    a = torch.load(wd / "ref" / "fold0" / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(wd / "cut" / "fold0" / "model.pt", weights_only=True)["state_dict"]
+    a = torch.load(wd / "ref" / "unet" / "fold0" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(wd / "cut" / "unet" / "fold0" / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert not ckpt.exists()

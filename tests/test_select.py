@@ -130,7 +130,7 @@ def test_config_schema_rejects_unknown_keys_and_fills_defaults():
     from cohortseg.config import ConfigError
 
     cfg = load(None)
-    assert cfg["split"]["folds"] == 5 and cfg["preprocess"]["size"] == [256, 256, 256]
+    assert cfg["split"]["folds"] == 5 and cfg["preprocess"]["size"] == "auto" and cfg["train"]["batch_size"] == "auto"
     assert cfg["train"]["base_filters"] == 16 and cfg["train"]["loss_alpha"] == 0.5
     with pytest.raises(ConfigError):
         load(None, {"trian": {}})

@@ -1,0 +1,25 @@
+rule preprocess:
+    """One shard of cross-validation subjects brought to the plan's space (results/preproc/<subject>/);
+    unchanged subjects are skipped."""
+    input:
+        prepared=preprocess_prepared,
+        dataset="results/plans/dataset.json",
+    output:
+        manifest="results/preprocessed/{shard}.json",
+    params:
+        code=fingerprint("preprocess"),
+        subjects=preprocess_job_subjects,
+        nifti="results/nifti",
+        preproc="results/preproc",
+    log:
+        "logs/preprocess/{shard}.log",
+    benchmark:
+        "logs/benchmarks/preprocess/{shard}.tsv",
+    threads: RES["light_threads"]
+    resources:
+        mem_mb=prepare_mem_mb,
+        runtime=preprocess_runtime,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/preprocess.py"
