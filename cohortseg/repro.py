@@ -83,16 +83,20 @@ STAGES: dict[str, tuple[list[str], list[str]]] = {
     "preprocess": (["preprocess"], ["results/preproc/*/*", "results/preprocessed/*"]),
     "train": (["train"], ["results/models/*/fold*/*"]),
     "ensemble": (["ensemble"], ["results/models/*/ensemble.json"]),
-    "infer": (["infer_fold", "infer_ensemble", "infer_study", "infer_external"],
-              ["results/predictions/*/*/*", "results/predictions/*/*", "results/predictions_external/*/*"]),
-    "study": (["study"], ["results/study/selection.*"]),
+    # each model's predictions (CV with probabilities, test); then the study's selection and what predicts
+    # with it (the test subjects, new cohorts)
+    "infer": (["infer_fold", "infer_ensemble"], ["results/predictions/*/fold*/*", "results/predictions/*/test/*",
+                                                 "results/predictions/*/test_shards/*"]),
+    "study": (["study", "infer_study", "infer_external"],
+              ["results/study/selection.*", "results/predictions/study/*", "results/predictions/study/shards/*",
+               "results/predictions_external/*/*"]),
     "metrics": (["metrics"], ["results/metrics/*"]),
     "report": (["selection_chart", "dice_chart", "overlay"], ["results/report/*.png", "results/report/overlays/*"]),
 }
 # private maps the index writes (copied for executions that start after it)
 PRIVATE_FILES = ("key", "series_files.json", "masks.json", "id_map.tsv", "file_map.tsv")
 # fields that record the execution, not its result
-VOLATILE = re.compile(r"seconds|^time$|_time$|wall|threads|^machine$|hostname|^date")
+VOLATILE = re.compile(r"seconds|^time$|_time$|wall|threads|memory_mb|^machine$|hostname|^date")
 
 
 class ReproError(ValueError):

@@ -10,7 +10,8 @@ rule preprocess:
         code=fingerprint("preprocess"),
         subjects=preprocess_job_subjects,
         nifti="results/nifti",
-        preproc="results/preproc",
+        # each subject's files go to results/preproc/<subject>/ (the slash: not a prefix of the manifests)
+        preproc="results/preproc/",
     log:
         "logs/preprocess/{shard}.log",
     benchmark:

@@ -383,7 +383,7 @@ def test_missing_fold_is_an_error(workflow: Path) -> None:
 
 
 # wall-clock timings: the only outputs allowed to differ between two runs
-TIMING_OUTPUTS = re.compile(r"(history\.tsv|train\.json|timing\.tsv|predictions[^/]*/.*\.json)$")
+TIMING_OUTPUTS = re.compile(r"(history\.tsv|train\.json|timing\.tsv|study/models\.tsv|predictions[^/]*/.*\.json)$")
 
 
 def replica(workflow: Path, dst: Path, tiny_cohort: Path) -> Path:
@@ -471,7 +471,7 @@ def test_repro_chain_mode(workflow: Path) -> None:
                                                    "threads: [1], dir: repro_chain}"), "--forcerun", "repro")
     stages = pd.read_csv(workflow / "results" / "repro" / "stages.tsv", sep="\t").set_index("stage")
     print(stages.to_string())
-    assert list(stages.index) == ["ensemble", "infer", "metrics"] and stages["identical_same_threads"].all()
+    assert list(stages.index) == ["ensemble", "infer", "study", "metrics"] and stages["identical_same_threads"].all()
     assert set(stages["compared_on"]) == {"each execution's own outputs (chain)"}
     var = pd.read_csv(workflow / "results" / "repro" / "metrics_variability.tsv", sep="\t")
     assert len(var) and (var["inter_execution_sd"] == 0).all() and not var["alert"].any()
@@ -622,7 +622,7 @@ def test_plan_refuses_what_the_cluster_cannot_run(workflow: Path, slurm: dict[st
                "infer_fold:runtime=600", "metrics:slurm_partiton='cpu'")
     assert bad.returncode == 2, bad.stdout + bad.stderr
     err = bad.stderr
-    assert "rule train (fold=0): partition 'a100' does not exist (sinfo lists: cpu, gpu)" in err, err
+    assert re.search(r"rule train \(model=\w+, fold=0\): partition 'a100' does not exist \(sinfo lists: cpu, gpu\)", err), err
     assert re.search(r"group job prep \(\d+ jobs\): asks for \d+ CPUs, the largest node of partition 'cpu' has 2", err), err
     assert "runtime 600 min exceeds partition 'gpu''s limit of 240 min" in err, err
     assert "resource 'slurm_partiton' is unknown to the slurm executor" in err, err
