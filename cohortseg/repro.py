@@ -208,10 +208,20 @@ def make_tree(cfg: dict[str, Any], tree: Path, threads: int, main: Path, first: 
             _link_or_copy(main / f, tree / f)
 
 
+# a stage's rules that others of the same stage consume: Snakemake's --until stops at the first rule named,
+# so only the stage's final rules are named (plan_dataset -> plan_model -> plans; study -> infer_study)
+UNTIL = {"plans": ["plans"], "study": ["infer_study", "infer_external"]}
+
+
+def until_rules(stage: str) -> list[str]:
+    """The rules --until names for ``stage``: its final rules."""
+    return UNTIL.get(stage, STAGES[stage][0])
+
+
 def run_in_tree(tree: Path, name: str, stages: list[str], threads: int, trees: Path, snakefile: Path = REPO / "Snakefile",
                 cores: int = 1) -> Path:
     """Snakemake re-executes ``stages`` (consecutive) in ``tree``, on what the tree holds before them."""
-    first, last = STAGES[stages[0]][0], STAGES[stages[-1]][0]
+    first, last = STAGES[stages[0]][0], until_rules(stages[-1])
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(tree),
            # all cores for independent jobs side by side; each job's threads are the execution's `threads`
            "--configfile", str(tree / "config" / "repro.yaml"), "--cores", str(max(threads, cores)),

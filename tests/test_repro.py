@@ -137,3 +137,13 @@ def test_index_select_split_are_bitwise_identical_across_runs_and_threads(tmp_pa
         files = sorted(p for p in (d / "results").rglob("*") if p.is_file())
         digests.append({str(p.relative_to(d)): sha256_file(p) for p in files})
     assert len(digests[0]) == 7 and digests[0] == digests[1] == digests[2]
+
+
+def test_until_names_only_a_stages_final_rules() -> None:
+    """--until stops at the first rule it names: a stage whose rules feed each other names only its last ones
+    (the demo's audit stopped after plan_dataset before this)."""
+    from cohortseg.repro import STAGES, until_rules
+
+    assert until_rules("plans") == ["plans"] and until_rules("study") == ["infer_study", "infer_external"]
+    assert until_rules("infer") == STAGES["infer"][0]
+    assert all(set(until_rules(s)) <= set(STAGES[s][0]) for s in STAGES)
