@@ -169,3 +169,18 @@ def test_compiled_channels_last_patch_training_runs(volumes, tmp_path):
     model, meta = load_model(d / "model.pt")
     assert not any("_orig_mod" in k for k in model.state_dict())
     assert meta["train"]["compile"] is True
+
+
+def test_max_minutes_fits_the_epochs_to_the_budget(volumes, tmp_path):
+    """train.max_minutes: after the first epoch the run is cut to what fits (here 1 of 5 epochs) and
+    train.json records the fitted count."""
+    root, names = volumes
+    cfg = config_mod.load(None, {
+        "preprocess": {"size": [32, 32, 32], "spacing": [1.0, 1.0, 1.0], "normalisation": "zscore"}, "labels": ["a", "b"],
+        "train": {"levels": 3, "base_filters": 4, "res_units": 1, "epochs": 5, "min_epochs": 5, "batch_size": 2,
+                  "device": "cpu", "patch": {"size": None}, "max_minutes": 1e-6}})
+    d = tmp_path / "m"
+    paths = FoldPaths(str(root), str(d / "model.pt"), str(d / "h.tsv"), str(d / "c.png"), str(d / "train.json"),
+                      str(d / "ck.pt"))
+    info = train_fold(Config.from_config(cfg), 0, {"folds": [{"train": names[:4], "val": names[4:]}]}, paths)
+    assert info["epochs_run"] == 1 and info["epochs_planned"] == 1
