@@ -1,6 +1,6 @@
 # cohortseg: PACS DICOM cohort -> selection audit -> NIfTI + dataset survey -> plans -> preprocessing
 # -> k-fold training of every model -> fold ensembles -> selection and post-processing on cross-validation
-# -> inference in source space -> metrics -> model comparison -> report.
+# -> inference in source space -> DICOM SEG (-> PACS) -> metrics -> model comparison -> report.
 # A table of contents: the rules live in rules/, their logic in the cohortseg package.
 from snakemake.utils import min_version
 
@@ -14,6 +14,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/retrieve.smk"
 include: "rules/index.smk"
 include: "rules/select.smk"
 include: "rules/prepare.smk"
@@ -25,6 +26,8 @@ include: "rules/ensemble.smk"
 include: "rules/infer.smk"
 include: "rules/study.smk"
 include: "rules/export.smk"
+include: "rules/dicomseg.smk"
+include: "rules/push.smk"
 include: "rules/metrics.smk"
 include: "rules/compare.smk"
 include: "rules/report.smk"

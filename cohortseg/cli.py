@@ -231,6 +231,40 @@ def cmd_metrics(a: argparse.Namespace) -> None:
         Path(a.out) / "timing.tsv")
 
 
+def cmd_retrieve(a: argparse.Namespace) -> None:
+    from .retrieve import Config, raw_dir, run
+
+    cfg = _cfg(a)
+    rows = run(Config.from_config(cfg), a.out)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("retrieved", "not_retrieved", "failed")}
+    print(f"{counts} series; instances in {raw_dir(cfg['private_dir'])}; per series: {a.out}")
+
+
+def cmd_dicomseg(a: argparse.Namespace) -> None:
+    from .dicomseg import Config, run
+
+    cfg = _cfg(a)
+    priv = Path(cfg["private_dir"])
+    shards = a.shard or sorted(p.stem for p in Path(a.predictions).glob("*.json"))
+    for shard in shards:
+        rec = run(Config.from_config(cfg), Path(a.predictions) / f"{shard}.json", a.included,
+                  priv / "series_files.json", a.selection, priv / "dicomseg" / shard, Path(a.out) / f"{shard}.json")
+        failed = {s: r["reason"] for s, r in rec["subjects"].items() if r["status"] != "ok"}
+        print(f"shard {shard}: {rec['n_written']} DICOM SEGs in {priv / 'dicomseg' / shard}"
+              + "".join(f"\n  {s}: {why}" for s, why in sorted(failed.items())))
+
+
+def cmd_push(a: argparse.Namespace) -> None:
+    from .push import Config, run
+
+    cfg = _cfg(a)
+    priv = Path(cfg["private_dir"])
+    records = sorted(Path(a.records).glob("*.json"))
+    rows = run(Config.from_config(cfg), [str(r) for r in records], [str(priv / "dicomseg" / r.stem) for r in records],
+               a.out)
+    print(f"{sum(r['status'] == 'stored' for r in rows)} of {len(rows)} SEGs stored in {cfg['pacs']['url']} ({a.out})")
+
+
 def cmd_overlay(a: argparse.Namespace) -> None:
     from .report import overlay
 
@@ -386,6 +420,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--train-info", action="append")
     sp.add_argument("--pred-info", action="append")
     sp.add_argument("--out", default="results/metrics")
+
+    sp = add("retrieve", cmd_retrieve, "source: pacs: query the PACS, keep series by pacs.query, retrieve them "
+                                       "into private_dir/raw (resumable)")
+    sp.add_argument("--out", default="results/cohort/retrieved.tsv")
+
+    sp = add("dicomseg", cmd_dicomseg, "the study's predictions as DICOM SEGs of their source series (private_dir), "
+                                       "checked by reading them back")
+    sp.add_argument("--shard", action="append", help="a study shard (default: every shard predicted)")
+    sp.add_argument("--predictions", default="results/predictions/study/shards")
+    sp.add_argument("--included", default="results/cohort/included.tsv")
+    sp.add_argument("--selection", default="results/study/selection.json")
+    sp.add_argument("--out", default="results/dicomseg")
+
+    sp = add("push", cmd_push, "store the written DICOM SEGs in the PACS (pacs.url) by DICOMweb STOW-RS")
+    sp.add_argument("--records", default="results/dicomseg")
+    sp.add_argument("--out", default="results/pacs/pushed.tsv")
 
     sp = add("overlay", cmd_overlay, "overlay PNG of a prediction (and reference) on an image", config=False)
     sp.add_argument("image")

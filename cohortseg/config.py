@@ -53,6 +53,10 @@ def check_semantics(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"private_dir {cfg['private_dir']!r} must lie outside {shared}/")
     if cfg["source"] == "nifti" and not (cfg["nifti"]["images"] or cfg["nifti"]["table"]):
         raise ConfigError("source: nifti needs nifti.images (a folder) or nifti.table (a TSV of paths)")
+    if cfg["source"] == "pacs" and not cfg["pacs"]["url"]:
+        raise ConfigError("source: pacs needs pacs.url (the PACS's DICOMweb root)")
+    if cfg["pacs"]["push"] and not cfg["pacs"]["url"]:
+        raise ConfigError("pacs.push needs pacs.url (the PACS's DICOMweb root)")
     ct = cfg["preprocess"]["ct"]
     for key in ("mean", "sd"):
         if isinstance(ct[key], str) and ct[key] != "auto":

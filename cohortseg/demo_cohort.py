@@ -416,7 +416,8 @@ def _write_subject(s: int, n_subjects: int, master: np.random.Generator, seed: i
     subj_dir = out / "dicom" / f"{last}{m('DIR')}_{first}_{pid}"
     n_series = 0
     for st_i, (st_desc, st_date) in enumerate(studies):
-        accession = f"ACC{m('ACC')}{int(rng.integers(10**6, 10**7))}"
+        # SH: at most 16 characters, marker (9) included
+        accession = f"{m('ACC') or 'ACC'}{int(rng.integers(10**6, 10**7))}"
         study = {"StudyDate": st_date.strftime("%Y%m%d"), "StudyTime": "101500",
                  "StudyDescription": f"{st_desc} {m('DESC')}".strip(), "AccessionNumber": accession,
                  "StudyInstanceUID": _uid(seed, pid, st_i), "StudyID": f"{st_i + 1}"}

@@ -38,7 +38,7 @@ import pandas as pd
 from .dicomscan import CHARSET_TAG, CSA_IMAGE_TAG, GEOMETRY, MOSAIC_TAG, Fallback, scan
 from .dicomscan import TAGS as SCAN_TAGS
 from .descriptors import SERIES_DESCRIPTORS, identifiers, public
-from .pseudonym import PRIVATE_MODE, Pseudonymiser, ensure_private_dir, from_settings
+from .pseudonym import PRIVATE_MODE, RAW_SUBDIR, Pseudonymiser, ensure_private_dir, from_settings
 from .settings import IndexSettings, MaskSettings, NiftiSettings, PrivacySettings, PseudonymSettings, StageConfig
 from .util import log, write_json, write_text, write_tsv
 
@@ -701,7 +701,9 @@ def run(config: Config, out: Outputs, workers: int | None = None) -> pd.DataFram
         private["status_counts"] = df["status"].value_counts().to_dict()
     else:
         idx = config.index
-        df, private = build_index(config.dicom_dir, pseudo, idx.postop_regex, idx.slice_gap_tolerance, workers,
+        # source pacs: the instances cohortseg.retrieve pulled into private_dir/raw, read as an export
+        dicom_dir = Path(config.private_dir) / RAW_SUBDIR if config.source == "pacs" else config.dicom_dir
+        df, private = build_index(dicom_dir, pseudo, idx.postop_regex, idx.slice_gap_tolerance, workers,
                                   descriptors=config.privacy.descriptors)
         masks = find_masks(config.masks.dir, config.masks.pattern, private["id_map"])
     subjects = (

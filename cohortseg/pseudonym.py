@@ -20,6 +20,7 @@ from .util import write_text
 
 KEY_BYTES = 32
 PRIVATE_MODE = 0o600
+RAW_SUBDIR = "raw"  # private_dir/raw: the cohort retrieved from the PACS (cohortseg.retrieve), read by the index
 
 
 class Pseudonymiser:

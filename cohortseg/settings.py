@@ -272,6 +272,34 @@ class ExportSettings(Settings):
 
 
 @dataclass(frozen=True)
+class DicomSegSettings(Settings):
+    enabled: bool
+    segments: dict  # type: ignore[type-arg]
+
+
+@dataclass(frozen=True)
+class PacsQuerySettings(Settings):
+    study_date: str
+    modalities: tuple[str, ...]
+    study_description: str
+    series_description: str
+    min_instances: int
+    patients_file: str
+
+
+@dataclass(frozen=True)
+class PacsSettings(Settings):
+    url: str
+    credentials_env: str
+    credentials_file: str
+    push: bool
+    timeout_s: float
+    retries: int
+    retrieve_minutes: float
+    query: PacsQuerySettings
+
+
+@dataclass(frozen=True)
 class ReportSettings(Settings):
     overlays: int
 
@@ -307,7 +335,8 @@ SECTIONS: dict[str, Any] = {
     "select": SelectSettings, "convert": ConvertSettings, "labels": tuple[str, ...], "preprocess": PreprocessSettings,
     "prepare": PrepareSettings, "split": SplitSettings, "train": TrainSettings, "models": dict, "plans": PlansSettings,
     "infer": InferSettings,
-    "metrics": MetricsSettings, "export": ExportSettings, "report": ReportSettings, "repro": ReproSettings, "resources": ResourcesSettings,
+    "metrics": MetricsSettings, "export": ExportSettings,
+    "dicomseg": DicomSegSettings, "pacs": PacsSettings, "report": ReportSettings, "repro": ReproSettings, "resources": ResourcesSettings,
 }
 
 S = TypeVar("S", bound="StageConfig")
@@ -367,6 +396,8 @@ class StudyConfig(StageConfig):
     infer: InferSettings
     metrics: MetricsSettings
     export: ExportSettings
+    dicomseg: DicomSegSettings
+    pacs: PacsSettings
     report: ReportSettings
     repro: ReproSettings
     resources: ResourcesSettings

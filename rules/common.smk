@@ -58,6 +58,8 @@ def index_inputs(wildcards):
     if config["source"] == "nifti":
         nc = config["nifti"]
         return {k: nc[k] for k in ("table",) if nc[k]} or {k: nc[k] for k in ("images", "labels") if nc[k]}
+    if config["source"] == "pacs":  # the index reads private_dir/raw, which the retrieval fills
+        return {"retrieved": "results/cohort/retrieved.tsv"}
     return {"dicom": config["dicom_dir"]}
 
 
@@ -434,6 +436,19 @@ def overlay_subjects():
     return test_subjects()[: config["report"]["overlays"]]
 
 
+def dicomseg_enabled():
+    """DICOM SEGs are written for DICOM cohorts (a NIfTI cohort has no source series to reference)."""
+    return config["source"] in ("dicom", "pacs") and config["dicomseg"]["enabled"]
+
+
+def dicomseg_records(wildcards):
+    return [f"results/dicomseg/{shard}.json" for shard in study_shards()]
+
+
+def dicomseg_folders(wildcards):
+    return [f"{PRIV}/dicomseg/{shard}" for shard in study_shards()]
+
+
 def all_targets(wildcards):
     return all_outputs(wildcards) + ["results/provenance.json"]
 
@@ -455,4 +470,8 @@ def all_outputs(wildcards):
     targets += [f"results/predictions_external/{c}" for c in config["infer"]["cohorts"] if external_cohort(c)]
     if config["export"]["enabled"]:
         targets.append("results/export")
+    if dicomseg_enabled():
+        targets += dicomseg_records(wildcards)
+        if config["pacs"]["push"]:
+            targets.append("results/pacs/pushed.tsv")
     return targets

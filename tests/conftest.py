@@ -55,3 +55,18 @@ def copy_workflow(dst: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
     return dst
+
+
+@pytest.fixture(scope="module")
+def pacs_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real PACS (Orthanc + DICOMweb, tests/orthanc.py) on free loopback ports, stopped afterwards; under CI a
+    PACS that cannot start fails the tests, elsewhere they skip with the reason."""
+    from tests import orthanc
+
+    why = orthanc.available()
+    if why:
+        skip_or_fail(why)
+    server = orthanc.start(tmp_path_factory.mktemp("orthanc"))
+    print(f"Orthanc up in {server.started_s:.2f} s on {server.url}")
+    yield server
+    server.stop()

@@ -110,6 +110,12 @@ def test_pipeline_outputs(workflow: Path) -> None:
     models = pd.read_csv(r / "study" / "models.tsv", sep="\t")
     assert set(models["model"]) == set(MODELS) and (models["n_parameters"] > 0).all()
     assert (r / "study" / "learning_curves.png").stat().st_size > 1000
+    # DICOM SEGs of the study's predictions: every predicted subject, read back equal, built in private_dir
+    predicted = set(splits["test"]) | set(splits.get("unlabelled", []))
+    records = {s: v for p in (r / "dicomseg").glob("*.json") for s, v in json.loads(p.read_text())["subjects"].items()}
+    assert set(records) == predicted and all(v["status"] == "ok" and v["readback_equal"] for v in records.values())
+    segs = sorted((workflow / "private" / "dicomseg").rglob("*.dcm"))
+    assert {p.stem for p in segs} == predicted and all(p.stat().st_mode & 0o077 == 0 for p in segs)
     # the exports: the selected models' folds and ensembles, parity-checked, with the selection recorded
     index = json.loads((r / "export" / "export.json").read_text())
     assert set(index["models"]) == set(sel["selected"]["models"])
