@@ -247,8 +247,14 @@ def train_preprocessed(wildcards):
 
 def train_threads(wildcards):
     """The network's threads plus the loader's worker processes where the model may train on patches
-    (an explicit or planned patch: the script uses them only in patch mode)."""
-    return RES["train_threads"] + loader_workers(model_config(config, wildcards.model))
+    (an explicit or planned patch: the script uses them only in patch mode). In deterministic mode the
+    network runs on train.compute_threads whatever the job's threads, so the job reserves at least those:
+    two 1-thread jobs each computing on 2 threads on 2 cores ran an epoch 10-30x slower (the demo's audit)."""
+    mc = model_config(config, wildcards.model)
+    network = RES["train_threads"]
+    if config["deterministic"]:
+        network = max(network, mc["train"]["compute_threads"])
+    return network + loader_workers(mc)
 
 
 def train_mem_mb(wildcards, attempt):
