@@ -232,11 +232,23 @@ def _tool_version(tool: str) -> str:
     return text[-1] if text else "unknown"
 
 
-def import_mask(mask_path: str, image: nib.Nifti1Image, n_labels: int) -> tuple[nib.Nifti1Image, dict[str, Any]]:
-    """Put a Slicer-exported mask on the converted image's grid (nearest neighbour where needed)."""
+def import_mask(mask_path: str, image: nib.Nifti1Image, n_labels: int,
+                label_names: tuple[str, ...] = ()) -> tuple[nib.Nifti1Image, dict[str, Any]]:
+    """Put a Slicer-exported mask on the converted image's grid (nearest neighbour where needed); a mask
+    file that is a DICOM SEG is placed by its own frame geometry (cohortseg.dicommask), segments mapped to
+    ``label_names`` (the config's labels)."""
     from nibabel.processing import resample_from_to
 
-    mask = nib.load(mask_path)
+    from .dicommask import MaskError, is_dicom, seg_to_label
+
+    if is_dicom(mask_path):
+        try:
+            seg = seg_to_label(mask_path, image.affine, image.shape, label_names or tuple(str(i) for i in range(1, n_labels + 1)))
+        except MaskError as exc:
+            raise ConversionError(f"DICOM SEG mask: {exc}") from None
+        mask = nib.Nifti1Image(seg, image.affine)
+    else:
+        mask = nib.load(mask_path)
     mdata = np.asanyarray(mask.dataobj)
     if mdata.ndim == 4 and mdata.shape[3] == 1:
         mdata = mdata[..., 0]
@@ -318,11 +330,13 @@ def run_mask(n_labels: int, subject: str, image_nii: str | Path, masks_json: str
     mask_subject(n_labels, subject, image_nii, masks[subject], label_out)
 
 
-def mask_subject(n_labels: int, subject: str, image_nii: str | Path, mask_path: str, label_out: str | Path) -> None:
-    """The radiologist's mask on the converted image's grid (nearest neighbour where it differs)."""
+def mask_subject(n_labels: int, subject: str, image_nii: str | Path, mask_path: str, label_out: str | Path,
+                 label_names: tuple[str, ...] = ()) -> None:
+    """The radiologist's mask (NIfTI/NRRD, or DICOM SEG) on the converted image's grid (nearest neighbour
+    where it differs)."""
     image = nib.load(str(image_nii))
     try:
-        lab, info = import_mask(mask_path, image, n_labels)
+        lab, info = import_mask(mask_path, image, n_labels, label_names)
     except ConversionError as exc:
         raise ConversionError(f"{subject} mask: {exc}") from None
     save_nifti(lab, label_out)

@@ -10,7 +10,7 @@ pseudonymous subject, the frames, the voxels per segment and the read-back check
 
 Geometry: every pixel of every source frame is mapped through the frame's position, orientation and pixel
 spacing (LPS) into the converted NIfTI's voxel grid (RAS affine); the mapping must land on voxel centres
-(within ``GRID_TOLERANCE`` of a voxel) and inside the volume, else the subject is refused with the reason
+(within ``dicomgeom.GRID_TOLERANCE`` of a voxel) and inside the volume, else the subject is refused with the reason
 (e.g. a gantry-tilted CT that the converter resampled). The same mapping read backwards scatters the SEG's
 frames into the NIfTI grid: the read-back check requires every voxel covered and equal to the prediction.
 """
@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from .dicomgeom import GeometryError, frame_planes, frame_voxels, frames_to_volume, volume_to_frames
 from .pseudonym import PRIVATE_MODE, ensure_private_dir
 from .settings import DicomSegSettings, StageConfig
 from .util import atomic_path, read_rows, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
-GRID_TOLERANCE = 0.05  # voxels: a source pixel centre further than this from a voxel centre is not on the grid
 # a label without an entry in dicomseg.segments: SNOMED CT "Tissue" / "Tissue" (DICOM CID 7150 / 7151)
 DEFAULT_CODE = {"category": ["85756007", "SCT", "Tissue"], "type": ["85756007", "SCT", "Tissue"]}
 
@@ -44,7 +44,7 @@ class Config(StageConfig):
     dicomseg: DicomSegSettings
 
 
-class SegError(ValueError):
+class SegError(GeometryError):
     """A prediction that cannot become a SEG of its source series (the reason names the subject)."""
 
 
@@ -61,64 +61,6 @@ def read_source(files: list[str]) -> list[Any]:
         return dss
     normal = np.cross(*np.reshape(np.asarray(dss[0].ImageOrientationPatient, float), (2, 3)))
     return sorted(dss, key=lambda d: float(np.dot(normal, np.asarray(d.ImagePositionPatient, float))))
-
-
-def frame_planes(dss: list[Any]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(position, orientation 2x3, pixel spacing [row, column]) of every frame, in highdicom's frame order."""
-    if len(dss) == 1 and "PerFrameFunctionalGroupsSequence" in dss[0]:
-        ds = dss[0]
-        shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else None
-        out = []
-        for fr in ds.PerFrameFunctionalGroupsSequence:
-            def item(name: str, fr: Any = fr) -> Any:
-                if name in fr:
-                    return getattr(fr, name)[0]
-                if shared is not None and name in shared:
-                    return getattr(shared, name)[0]
-                raise SegError(f"multi-frame instance without {name}")
-            out.append((np.asarray(item("PlanePositionSequence").ImagePositionPatient, float),
-                        np.reshape(np.asarray(item("PlaneOrientationSequence").ImageOrientationPatient, float), (2, 3)),
-                        np.asarray(item("PixelMeasuresSequence").PixelSpacing, float)))
-        return out
-    return [(np.asarray(d.ImagePositionPatient, float), np.reshape(np.asarray(d.ImageOrientationPatient, float), (2, 3)),
-             np.asarray(d.PixelSpacing, float)) for d in dss]
-
-
-def frame_voxels(planes: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rows: int, cols: int,
-                 affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Integer voxel indices (frames, rows, cols, 3) of every source pixel in the NIfTI grid; a SegError if a
-    pixel is off the grid's voxel centres or outside the volume."""
-    inv = np.linalg.inv(affine)
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    out = np.empty((len(planes), rows, cols, 3), dtype=np.int64)
-    for f, (pos, iop, spacing) in enumerate(planes):
-        # DICOM: the first orientation vector runs along a row (increasing column), the second down a column
-        lps = pos + c[..., None] * spacing[1] * iop[0] + r[..., None] * spacing[0] * iop[1]
-        ijk = (lps @ lps_to_ras.T) @ inv[:3, :3].T + inv[:3, 3]
-        near = np.rint(ijk)
-        off = float(np.abs(ijk - near).max())
-        if off > GRID_TOLERANCE:
-            raise SegError(f"frame {f + 1} is not on the converted image's grid (a pixel lies {off:.2f} voxel "
-                           "from the nearest voxel centre: was the series resampled on conversion?)")
-        if (near < 0).any() or (near >= np.asarray(shape[:3])).any():
-            raise SegError(f"frame {f + 1} reaches outside the converted image {tuple(shape[:3])}")
-        out[f] = near.astype(np.int64)
-    return out
-
-
-def volume_to_frames(volume: np.ndarray, voxels: np.ndarray) -> np.ndarray:
-    """The label volume sampled at every source pixel: (frames, rows, cols)."""
-    return volume[voxels[..., 0], voxels[..., 1], voxels[..., 2]]
-
-
-def frames_to_volume(frames: np.ndarray, voxels: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
-    """The frames scattered back into the grid, and how many voxels no source pixel covers."""
-    vol = np.zeros(shape[:3], dtype=frames.dtype)
-    hit = np.zeros(shape[:3], dtype=bool)
-    vol[voxels[..., 0], voxels[..., 1], voxels[..., 2]] = frames
-    hit[voxels[..., 0], voxels[..., 1], voxels[..., 2]] = True
-    return vol, int((~hit).sum())
 
 
 def coded(code: list[str]) -> Any:
@@ -192,7 +134,10 @@ def write_subject_seg(prediction: str | Path, files: list[str], out: str | Path,
         raise SegError(f"the prediction holds values outside 0..{len(labels)} (labels {list(labels)})")
     source = read_source(files)
     rows, cols = int(source[0].Rows), int(source[0].Columns)
-    voxels = frame_voxels(frame_planes(source), rows, cols, img.affine, pred.shape)
+    try:
+        voxels = frame_voxels(frame_planes(source), rows, cols, img.affine, pred.shape)
+    except GeometryError as e:
+        raise SegError(str(e)) from None
     frames = volume_to_frames(pred, voxels)
     seg = build_seg(source, frames, segment_descriptions(labels, segments, model_id, model_name), model_name)
     with atomic_path(out, mode=PRIVATE_MODE) as tmp:  # it carries the patient's identifiers

@@ -1,0 +1,133 @@
+"""A radiologist's mask stored as DICOM SEG (BINARY, FRACTIONAL or LABELMAP), read with highdicom onto the
+converted image's grid, for ``masks`` files that are DICOM (``prepare`` imports them like NIfTI masks).
+
+Each frame of the SEG carries its own plane (position, orientation, pixel spacing), so the mask is placed by
+its own geometry, not by the order of the source slices: every pixel maps to a voxel centre of the image
+(``dicomgeom``; a SEG of another grid is refused with how far off it lies). Segments map to the config's
+``labels`` by segment label (case-insensitive); a generic label ("Segment_1") maps by its segment number.
+Refused with the reason: a segment label the config does not declare, an empty segment, segments that
+overlap, frames outside the image. FRACTIONAL segments count where the fraction is at least one half.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dicomgeom import GeometryError, frame_voxels
+
+SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
+
+
+class MaskError(ValueError):
+    """A DICOM SEG that cannot become the subject's label image (the reason says why)."""
+
+
+def is_dicom(path: str | Path) -> bool:
+    """A DICOM Part 10 file (preamble + DICM), whatever its name."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+GENERIC = re.compile(r"^(segment[ _-]?)?\d+$", re.I)  # "Segment_1", "segment 2", "3": no name, a number
+
+
+def label_values(segments: dict[int, str], labels: tuple[str, ...]) -> dict[int, int]:
+    """Segment number -> label value (1-based index in ``labels``): by segment label (case-insensitive);
+    a generic label ("Segment_1", "2") by its segment number."""
+    wanted = {name.lower(): i + 1 for i, name in enumerate(labels)}
+    out = {}
+    for number, name in sorted(segments.items()):
+        if name.lower() in wanted:
+            out[number] = wanted[name.lower()]
+        elif GENERIC.match(name.strip()) and number <= len(labels):
+            out[number] = number
+        else:
+            raise MaskError(f"segment {number} {name!r} is not declared in the config's labels {list(labels)}")
+    return out
+
+
+def _frame_planes(seg: Any) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    shared = seg.SharedFunctionalGroupsSequence[0]
+
+    def item(fr: Any, name: str) -> Any:
+        if name in fr:
+            return getattr(fr, name)[0]
+        if name in shared:
+            return getattr(shared, name)[0]
+        raise MaskError(f"the SEG's frames carry no {name}: its geometry is unknown")
+
+    return [(np.asarray(item(fr, "PlanePositionSequence").ImagePositionPatient, float),
+             np.reshape(np.asarray(item(fr, "PlaneOrientationSequence").ImageOrientationPatient, float), (2, 3)),
+             np.asarray(item(fr, "PixelMeasuresSequence").PixelSpacing, float))
+            for fr in seg.PerFrameFunctionalGroupsSequence]
+
+
+def _frame_segments(seg: Any, n_frames: int) -> list[int] | None:
+    """The segment number of each frame (None: LABELMAP, whose pixel values are segment numbers)."""
+    if str(seg.SegmentationType) == "LABELMAP":
+        return None
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    out = []
+    for fr in seg.PerFrameFunctionalGroupsSequence[:n_frames]:
+        ident = fr if "SegmentIdentificationSequence" in fr else shared  # one segment: shared by every frame
+        out.append(int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber))
+    return out
+
+
+def seg_to_label(path: str | Path, affine: np.ndarray, shape: tuple[int, ...], labels: tuple[str, ...]) -> np.ndarray:
+    """The SEG at ``path`` as a uint8 label volume of the image grid (``affine``, ``shape``)."""
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure is this file's reason
+        raise MaskError(f"not a readable DICOM SEG ({type(e).__name__}: {e})") from None
+    if str(seg.SOPClassUID) not in SEG_CLASSES:
+        raise MaskError(f"SOP class {seg.SOPClassUID} is not a Segmentation")
+    segments = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence if int(s.SegmentNumber) > 0}
+    if not segments:
+        raise MaskError("the SEG declares no segment")
+    values = label_values(segments, labels)
+    pixels = np.asarray(seg.pixel_array)
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    if str(seg.SegmentationType) == "FRACTIONAL":
+        pixels = (pixels.astype(np.float64) / float(seg.MaximumFractionalValue) >= 0.5).astype(np.uint8)
+    try:
+        voxels = frame_voxels(_frame_planes(seg), int(seg.Rows), int(seg.Columns), affine, shape)
+    except GeometryError as e:
+        raise MaskError(f"the SEG does not lie on the selected series' grid: {e}") from None
+    per_frame = _frame_segments(seg, pixels.shape[0])
+    out = np.zeros(shape[:3], dtype=np.uint8)
+    owner = np.zeros(shape[:3], dtype=np.int32)  # which segment set the voxel (overlap check)
+    counts = dict.fromkeys(segments, 0)
+    for f in range(pixels.shape[0]):
+        frame = pixels[f]
+        idx = voxels[f]
+        for number in ([per_frame[f]] if per_frame is not None else sorted(segments)):
+            hit = (frame > 0) if per_frame is not None else (frame == number)
+            if not hit.any():
+                continue
+            if number not in values:
+                raise MaskError(f"frame {f + 1} belongs to segment {number}, which the SEG does not declare")
+            i, j, k = idx[hit, 0], idx[hit, 1], idx[hit, 2]
+            clash = (owner[i, j, k] != 0) & (owner[i, j, k] != number)
+            if clash.any():
+                other = int(owner[i, j, k][clash][0])
+                raise MaskError(f"segments {segments.get(other, other)!r} and {segments[number]!r} overlap in "
+                                f"{int(clash.sum())} voxels: a label image needs one label per voxel")
+            owner[i, j, k] = number
+            out[i, j, k] = values[number]
+            counts[number] += int(hit.sum())
+    empty = sorted(segments[n] for n, c in counts.items() if c == 0)
+    if empty:
+        raise MaskError(f"segment(s) {empty} are empty")
+    return out
