@@ -232,21 +232,19 @@ def _tool_version(tool: str) -> str:
     return text[-1] if text else "unknown"
 
 
-def import_mask(mask_path: str, image: nib.Nifti1Image, n_labels: int,
-                label_names: tuple[str, ...] = ()) -> tuple[nib.Nifti1Image, dict[str, Any]]:
+def import_mask(mask_path: str, image: nib.Nifti1Image, n_labels: int, label_names: tuple[str, ...] = (),
+                series_files: list[str] | None = None) -> tuple[nib.Nifti1Image, dict[str, Any]]:
     """Put a Slicer-exported mask on the converted image's grid (nearest neighbour where needed); a mask
-    file that is a DICOM SEG is placed by its own frame geometry (cohortseg.dicommask), segments mapped to
-    ``label_names`` (the config's labels)."""
+    file that is a DICOM SEG is placed by its own frame geometry (cohortseg.dicommask), an RTSTRUCT is
+    rasterised through the image's affine (cohortseg.rtstruct, its references checked against
+    ``series_files``, the selected series), segments/ROIs mapped to ``label_names`` (the config's labels)."""
     from nibabel.processing import resample_from_to
 
-    from .dicommask import MaskError, is_dicom, seg_to_label
+    from .dicommask import is_dicom
 
     if is_dicom(mask_path):
-        try:
-            seg = seg_to_label(mask_path, image.affine, image.shape, label_names or tuple(str(i) for i in range(1, n_labels + 1)))
-        except MaskError as exc:
-            raise ConversionError(f"DICOM SEG mask: {exc}") from None
-        mask = nib.Nifti1Image(seg, image.affine)
+        mask = nib.Nifti1Image(dicom_mask(mask_path, image, label_names or tuple(str(i) for i in range(1, n_labels + 1)),
+                                          series_files), image.affine)
     else:
         mask = nib.load(mask_path)
     mdata = np.asanyarray(mask.dataobj)
@@ -330,13 +328,36 @@ def run_mask(n_labels: int, subject: str, image_nii: str | Path, masks_json: str
     mask_subject(n_labels, subject, image_nii, masks[subject], label_out)
 
 
+def dicom_mask(mask_path: str, image: nib.Nifti1Image, labels: tuple[str, ...],
+               series_files: list[str] | None) -> np.ndarray:
+    """A mask stored as DICOM (SEG or RTSTRUCT) as a label array of the image's grid."""
+    import pydicom
+
+    from .dicommask import MaskError, seg_to_label
+    from .rtstruct import RTSTRUCT_CLASS, RTStructError, rtstruct_to_label
+
+    try:
+        sop = str(pydicom.dcmread(mask_path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).get("SOPClassUID", ""))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is this file's reason
+        raise ConversionError(f"DICOM mask not readable ({type(exc).__name__}: {exc})") from None
+    if sop == RTSTRUCT_CLASS:
+        try:
+            return rtstruct_to_label(mask_path, image.affine, image.shape, labels, series_files)
+        except RTStructError as exc:
+            raise ConversionError(f"RTSTRUCT mask: {exc}") from None
+    try:
+        return seg_to_label(mask_path, image.affine, image.shape, labels)
+    except MaskError as exc:
+        raise ConversionError(f"DICOM SEG mask: {exc}") from None
+
+
 def mask_subject(n_labels: int, subject: str, image_nii: str | Path, mask_path: str, label_out: str | Path,
-                 label_names: tuple[str, ...] = ()) -> None:
+                 label_names: tuple[str, ...] = (), series_files: list[str] | None = None) -> None:
     """The radiologist's mask (NIfTI/NRRD, or DICOM SEG) on the converted image's grid (nearest neighbour
     where it differs)."""
     image = nib.load(str(image_nii))
     try:
-        lab, info = import_mask(mask_path, image, n_labels, label_names)
+        lab, info = import_mask(mask_path, image, n_labels, label_names, series_files)
     except ConversionError as exc:
         raise ConversionError(f"{subject} mask: {exc}") from None
     save_nifti(lab, label_out)

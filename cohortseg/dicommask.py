@@ -1,5 +1,6 @@
 """A radiologist's mask stored as DICOM SEG (BINARY, FRACTIONAL or LABELMAP), read with highdicom onto the
-converted image's grid, for ``masks`` files that are DICOM (``prepare`` imports them like NIfTI masks).
+converted image's grid, for ``masks`` files that are DICOM SEG (``prepare`` imports them like NIfTI masks;
+an RTSTRUCT goes to ``rtstruct``).
 
 Each frame of the SEG carries its own plane (position, orientation, pixel spacing), so the mask is placed by
 its own geometry, not by the order of the source slices: every pixel maps to a voxel centre of the image

@@ -161,7 +161,8 @@ def prepare_subject(config: Config, code: str, subject: str, row: dict[str, Any]
         convert_subject(config.source, config.convert.tool, subject, row, files, out["image"], out["sidecar"],
                         config.privacy.descriptors)
         if mask is not None:
-            mask_subject(len(config.labels), subject, out["image"], mask, out["label"], config.labels)
+            mask_subject(len(config.labels), subject, out["image"], mask, out["label"], config.labels,
+                         files if config.source != "nifti" else None)
         write_survey(config, subject, out)
     except Exception as exc:  # one subject's failure is reported; the shard's others go on
         reason = _scrub(f"{type(exc).__name__}: {exc}", files + [mask or ""])
