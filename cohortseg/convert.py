@@ -346,7 +346,7 @@ def dicom_mask(mask_path: str, image: nib.Nifti1Image, labels: tuple[str, ...],
         except RTStructError as exc:
             raise ConversionError(f"RTSTRUCT mask: {exc}") from None
     try:
-        return seg_to_label(mask_path, image.affine, image.shape, labels)
+        return seg_to_label(mask_path, image.affine, image.shape, labels, series_files)
     except MaskError as exc:
         raise ConversionError(f"DICOM SEG mask: {exc}") from None
 

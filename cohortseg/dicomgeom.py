@@ -1,6 +1,7 @@
-"""DICOM frame geometry against a NIfTI grid, shared by the DICOM SEG writer (``dicomseg``) and the reader of
-masks stored as DICOM SEG (``dicommask``): every pixel of every frame mapped through the frame's position,
-orientation and pixel spacing (LPS, mm) into the NIfTI's voxel grid (RAS affine)."""
+"""DICOM frame geometry against a NIfTI grid, shared by the DICOM SEG writer (``dicomseg``) and the readers of
+masks stored as DICOM SEG (``dicommask``) or RTSTRUCT (``rtstruct``): every pixel of every frame mapped through
+the frame's position, orientation and pixel spacing (LPS, mm) into the NIfTI's voxel grid (RAS affine); and
+the identity (series, frame of reference, instances) of the series a mask must refer to."""
 
 from __future__ import annotations
 
@@ -9,6 +10,20 @@ from typing import Any
 import numpy as np
 
 GRID_TOLERANCE = 0.05  # voxels: a pixel centre further than this from a voxel centre is not on the grid
+
+
+def series_identity(files: list[str]) -> dict[str, Any]:
+    """Series UID, frame of reference and instance UIDs of the selected series (headers only)."""
+    import pydicom
+
+    series, frames, instances = set(), set(), set()
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True,
+                             specific_tags=["SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID"])
+        series.add(str(ds.get("SeriesInstanceUID", "")))
+        frames.add(str(ds.get("FrameOfReferenceUID", "")))
+        instances.add(str(ds.get("SOPInstanceUID", "")))
+    return {"series": series - {""}, "frames": frames - {""}, "instances": instances - {""}}
 
 
 class GeometryError(ValueError):

@@ -6,8 +6,9 @@ Each frame of the SEG carries its own plane (position, orientation, pixel spacin
 its own geometry, not by the order of the source slices: every pixel maps to a voxel centre of the image
 (``dicomgeom``; a SEG of another grid is refused with how far off it lies). Segments map to the config's
 ``labels`` by segment label (case-insensitive); a generic label ("Segment_1") maps by its segment number.
-Refused with the reason: a segment label the config does not declare, an empty segment, segments that
-overlap, frames outside the image. FRACTIONAL segments count where the fraction is at least one half.
+Refused with the reason: a SEG that references neither the selected series nor its frame of reference (or
+names instances the series does not hold), a segment label the config does not declare, an empty segment,
+segments that overlap, frames outside the image. FRACTIONAL segments count where the fraction is at least one half.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .dicomgeom import GeometryError, frame_voxels
+from .dicomgeom import GeometryError, frame_voxels, series_identity
 
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
 
@@ -83,8 +84,31 @@ def _frame_segments(seg: Any, n_frames: int) -> list[int] | None:
     return out
 
 
-def seg_to_label(path: str | Path, affine: np.ndarray, shape: tuple[int, ...], labels: tuple[str, ...]) -> np.ndarray:
-    """The SEG at ``path`` as a uint8 label volume of the image grid (``affine``, ``shape``)."""
+def check_references(seg: Any, files: list[str] | None) -> None:
+    """Refuse a SEG that references neither the selected series (``files``) nor its frame of reference, or
+    that names instances of the selected series it does not hold. None: no DICOM series (geometry decides)."""
+    if not files:
+        return
+    target = series_identity(files)
+    refs = {str(se.SeriesInstanceUID): {str(i.ReferencedSOPInstanceUID) for i in se.get("ReferencedInstanceSequence", [])}
+            for se in seg.get("ReferencedSeriesSequence", [])}
+    own = set(refs) & target["series"]
+    if own:
+        missing = set().union(*(refs[s] for s in own)) - target["instances"]
+        if missing:
+            raise MaskError(f"the SEG names {len(missing)} instance(s) of the selected series that the series does "
+                            "not hold: it was made from another version of the series")
+        return
+    if str(seg.get("FrameOfReferenceUID", "")) in target["frames"]:
+        return
+    raise MaskError(f"the SEG references {len(refs)} series, none of them the selected series, and not its frame "
+                    "of reference: it was made on another image")
+
+
+def seg_to_label(path: str | Path, affine: np.ndarray, shape: tuple[int, ...], labels: tuple[str, ...],
+                 series_files: list[str] | None = None) -> np.ndarray:
+    """The SEG at ``path`` as a uint8 label volume of the image grid (``affine``, ``shape``); ``series_files``:
+    the selected series' DICOM files, for the reference check (None: geometry only)."""
     import highdicom as hd
 
     try:
@@ -93,6 +117,7 @@ def seg_to_label(path: str | Path, affine: np.ndarray, shape: tuple[int, ...], l
         raise MaskError(f"not a readable DICOM SEG ({type(e).__name__}: {e})") from None
     if str(seg.SOPClassUID) not in SEG_CLASSES:
         raise MaskError(f"SOP class {seg.SOPClassUID} is not a Segmentation")
+    check_references(seg, series_files)
     segments = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence if int(s.SegmentNumber) > 0}
     if not segments:
         raise MaskError("the SEG declares no segment")

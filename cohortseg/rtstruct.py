@@ -25,26 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from .dicomgeom import series_identity
+
 RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 PLANE_TOLERANCE = 0.25  # voxels: a contour whose plane lies further than this from a slice centre is refused
 
 
 class RTStructError(ValueError):
     """An RTSTRUCT that cannot become the subject's label image (the reason says why)."""
-
-
-def series_identity(files: list[str]) -> dict[str, Any]:
-    """Series UID, frame of reference and instance UIDs of the selected series (headers only)."""
-    import pydicom
-
-    series, frames, instances = set(), set(), set()
-    for f in files:
-        ds = pydicom.dcmread(f, stop_before_pixels=True,
-                             specific_tags=["SeriesInstanceUID", "FrameOfReferenceUID", "SOPInstanceUID"])
-        series.add(str(ds.get("SeriesInstanceUID", "")))
-        frames.add(str(ds.get("FrameOfReferenceUID", "")))
-        instances.add(str(ds.get("SOPInstanceUID", "")))
-    return {"series": series - {""}, "frames": frames - {""}, "instances": instances - {""}}
 
 
 def referenced_series(ds: Any) -> set[str]:

@@ -102,5 +102,17 @@ def test_our_seg_reads_back_as_a_mask(targets, tmp_path):  # noqa: F811
     files, img, lab = targets[("axial", True)]
     nib.save(lab, str(tmp_path / "p.nii.gz"))
     dicomseg.write_subject_seg(tmp_path / "p.nii.gz", files, tmp_path / "s.dcm", ("lesion",), {}, "m", "m")
-    got, info = import_mask(str(tmp_path / "s.dcm"), img, 1, ("lesion",))
+    got, info = import_mask(str(tmp_path / "s.dcm"), img, 1, ("lesion",), files)
     assert np.array_equal(np.asanyarray(got.dataobj), np.asanyarray(lab.dataobj)) and not info["mask_resampled"]
+
+
+def test_seg_of_another_image_or_another_version_of_the_series_is_refused():
+    root = need_shared("seg/dcmqi")
+    own = sorted(str(p) for p in (root / "ct-3slice").iterdir())
+    img = series(root / "ct-3slice")
+    assert seg_to_label(root / "liver.dcm", img.affine, img.shape, ("liver",), own).sum() > 0
+    other = sorted(str(p) for p in (root / "23x38x3" / "image").iterdir())
+    with pytest.raises(MaskError, match="references 1 series, none of them the selected series, and not its frame"):
+        seg_to_label(root / "liver.dcm", img.affine, img.shape, ("liver",), other)
+    with pytest.raises(ConversionError, match="DICOM SEG mask: the SEG names 1 instance.* does not hold"):
+        import_mask(str(root / "liver.dcm"), img, 1, ("liver",), own[:2])
