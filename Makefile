@@ -52,6 +52,7 @@ demo: $(STAMP) $(DEMO_DATA)/cohort.json
 	echo "  predictions:     results/predictions/study/ (the selection, in each subject's source space)"; \
 	echo "  exported models: results/export/ (TorchScript, ONNX, 3D Slicer package; parity in export.json)"; \
 	echo "  DICOM SEG:       private/dicomseg/ (identified, for the PACS; checks in results/dicomseg/)"; \
+	echo "  model package:   results/model/ (selected weights, MODEL_CARD.md, checksums; cohortseg infer --package)"; \
 	echo ""; cat results/cohort/summary.txt; echo ""; \
 	$(BIN)/python -m cohortseg.show results
 

@@ -1,6 +1,7 @@
 # cohortseg: PACS DICOM cohort -> selection audit -> NIfTI + dataset survey -> plans -> preprocessing
 # -> k-fold training of every model -> fold ensembles -> selection and post-processing on cross-validation
-# -> inference in source space -> DICOM SEG (-> PACS) -> metrics -> model comparison -> report.
+# -> inference in source space -> DICOM SEG (-> PACS) -> metrics -> model comparison -> model package
+# -> report.
 # A table of contents: the rules live in rules/, their logic in the cohortseg package.
 from snakemake.utils import min_version
 
@@ -28,6 +29,7 @@ include: "rules/study.smk"
 include: "rules/export.smk"
 include: "rules/dicomseg.smk"
 include: "rules/push.smk"
+include: "rules/package.smk"
 include: "rules/metrics.smk"
 include: "rules/compare.smk"
 include: "rules/report.smk"

@@ -183,6 +183,18 @@ def cmd_compare(a: argparse.Namespace) -> None:
     print((out / "comparison.tsv").read_text())
 
 
+def cmd_package(a: argparse.Namespace) -> None:
+    from .config import model_names
+    from .package import Config, package_name, run
+
+    cfg = _cfg(a)
+    config = Config.from_config(cfg)
+    manifests = [str(Path(a.models) / m / "ensemble.json") for m in model_names(cfg)]
+    out = Path(a.out) / package_name(config.study, config.package.version)
+    run(config, a.selection, manifests, a.plans, a.comparison, a.included, a.splits, str(out))
+    print(f"model package: {out} (card: {out / 'MODEL_CARD.md'})")
+
+
 def cmd_export(a: argparse.Namespace) -> None:
     from .config import model_names
     from .export import Config, run
@@ -206,9 +218,9 @@ def cmd_infer(a: argparse.Namespace) -> None:
     from .infer import Config, run
 
     config = Config.from_config(_cfg(a))
-    if sum(bool(x) for x in (a.model, a.ensemble, a.exported)) != 1:
+    if sum(bool(x) for x in (a.model, a.ensemble, a.exported, a.package)) != 1:
         raise ValueError("give one of --model (repeatable), --ensemble (repeatable, with --selection: the study's "
-                         "choice among them) or --exported")
+                         "choice among them), --package or --exported")
     if bool(a.image and a.out) == bool(a.images and a.out_dir):
         raise ValueError("give IMAGE OUT, or --images ... --out-dir DIR (many images, the models loaded once)")
     if a.image:
@@ -220,7 +232,8 @@ def cmd_infer(a: argparse.Namespace) -> None:
             raise ValueError("--images: two images have the same file name")
         d = Path(a.out_dir)
         cases = [(s, i, str(d / f"{s}.nii.gz"), str(d / f"{s}.json")) for s, i in zip(stems, a.images)]
-    run(config, a.name, cases, a.model or None, a.ensemble, a.threads, exported=a.exported, selection=a.selection)
+    run(config, a.name, cases, a.model or None, a.ensemble, a.threads, exported=a.exported, selection=a.selection,
+        package=a.package)
 
 
 def cmd_metrics(a: argparse.Namespace) -> None:
@@ -391,6 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--models", default="results/models")
     sp.add_argument("--out", default="results/study")
 
+    sp = add("package", cmd_package, "the model package: the selected models' weights, selection, plans, config, "
+                                     "model card and checksums, in results/model/<study>-v<version>/")
+    sp.add_argument("--models", default="results/models")
+    sp.add_argument("--selection", default="results/study/selection.json")
+    sp.add_argument("--plans", default="results/plans/plans.json")
+    sp.add_argument("--comparison", default="results/study/comparison.tsv")
+    sp.add_argument("--included", default="results/cohort/included.tsv")
+    sp.add_argument("--splits", default="results/splits.json")
+    sp.add_argument("--out", default="results/model")
+
     sp = add("export", cmd_export, "TorchScript/ONNX of the selected models' folds and ensembles (parity-checked), "
                                    "3D Slicer packages")
     sp.add_argument("--models", default="results/models")
@@ -412,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "models, predicts as the workflow's final inference (post-processing too)")
     sp.add_argument("--exported", help="exported program, results/export/<model>/<name>.ts or .onnx (reads export.json "
                                        "beside it)")
+    sp.add_argument("--package", help="a model package (results/model/<study>-v<version>/): its selection and "
+                                      "post-processing, refused if a file does not match its checksums")
     sp.add_argument("--threads", type=int, default=1)
 
     sp = add("metrics", cmd_metrics, "Dice/IoU/HD95/HD/average HD/volumes per case and summaries")

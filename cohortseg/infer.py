@@ -133,16 +133,30 @@ def load_predictors(model_paths: list[str] | None, manifest_paths: list[str] | N
 
         return [load_program(exported)]
     if manifest_paths:
-        groups = []
-        for path in manifest_paths:
-            models, meta = load_ensemble(json.loads(Path(path).read_text()), device)
-            groups.append(([network_predictor(m, len(meta["labels"])) for m in models], {**meta, "source": str(path)}))
-        return groups
+        return manifest_groups([(json.loads(Path(p).read_text()), str(p)) for p in manifest_paths], device)
     if not model_paths:
         raise ValueError("give fold model files, ensemble manifests or an exported program")
     loaded = [load_model(p, device) for p in model_paths]
     meta = {**loaded[0][1], "source": str(model_paths[0])}
     return [([network_predictor(m, len(meta["labels"])) for m, _ in loaded], meta)]
+
+
+def manifest_groups(manifests: list[tuple[dict[str, Any], str]], device: torch.device) -> list[Group]:
+    """A predictor group per (ensemble manifest, where it came from): its folds, checked by SHA-256."""
+    groups = []
+    for manifest, source in manifests:
+        models, meta = load_ensemble(manifest, device)
+        groups.append(([network_predictor(m, len(meta["labels"])) for m in models], {**meta, "source": source}))
+    return groups
+
+
+def package_groups(folder: str | Path, device: torch.device) -> tuple[list[Group], dict[str, Any]]:
+    """The selection of a model package (cohortseg.package; its checksums verified first) and its
+    post-processing."""
+    from .package_files import open_package
+
+    manifests, postprocessing, _ = open_package(folder)
+    return manifest_groups([(m, f"{folder}:{m['model']}") for m in manifests], device), postprocessing
 
 
 def selected_manifests(selection_path: str | Path, manifest_paths: list[str]) -> tuple[list[str], dict[str, Any]]:
@@ -158,9 +172,10 @@ def selected_manifests(selection_path: str | Path, manifest_paths: list[str]) ->
 
 def run(config: Config, model_name: str, cases: list[tuple[str, str, str, str]], model_paths: list[str] | None,
         manifest_paths: list[str] | None, threads: int = 1, exported: str | Path | None = None,
-        selection: str | Path | None = None, save_probabilities: bool = False) -> None:
+        selection: str | Path | None = None, save_probabilities: bool = False, package: str | Path | None = None) -> None:
     """Predict ``cases`` = [(case id, image, prediction out, timing json out)] with one fold, fold ensembles,
-    the study's selection (its models and post-processing) or an exported program. ``save_probabilities``:
+    the study's selection (its models and post-processing), a model package (the same, verified against its
+    checksums) or an exported program. ``save_probabilities``:
     also ``<case>.probs.npz`` (float16 source-space class probabilities; cross-validation predictions, for
     the study's ensemble selection).
 
@@ -174,7 +189,10 @@ def run(config: Config, model_name: str, cases: list[tuple[str, str, str, str]],
     if selection is not None:
         manifest_paths, postprocessing = selected_manifests(selection, manifest_paths or [])
     t_load = time.time()
-    groups = load_predictors(model_paths, manifest_paths, exported, device)
+    if package is not None:
+        groups, postprocessing = package_groups(package, device)
+    else:
+        groups = load_predictors(model_paths, manifest_paths, exported, device)
     load_seconds = time.time() - t_load
     if exported is not None:
         postprocessing = groups[0][1].get("postprocessing")

@@ -300,6 +300,14 @@ class PacsSettings(Settings):
 
 
 @dataclass(frozen=True)
+class PackageSettings(Settings):
+    enabled: bool
+    version: str
+    intended_use: str
+    limits: str
+
+
+@dataclass(frozen=True)
 class ReportSettings(Settings):
     overlays: int
 
@@ -336,7 +344,7 @@ SECTIONS: dict[str, Any] = {
     "prepare": PrepareSettings, "split": SplitSettings, "train": TrainSettings, "models": dict, "plans": PlansSettings,
     "infer": InferSettings,
     "metrics": MetricsSettings, "export": ExportSettings,
-    "dicomseg": DicomSegSettings, "pacs": PacsSettings, "report": ReportSettings, "repro": ReproSettings, "resources": ResourcesSettings,
+    "dicomseg": DicomSegSettings, "pacs": PacsSettings, "package": PackageSettings, "report": ReportSettings, "repro": ReproSettings, "resources": ResourcesSettings,
 }
 
 S = TypeVar("S", bound="StageConfig")
@@ -398,6 +406,7 @@ class StudyConfig(StageConfig):
     export: ExportSettings
     dicomseg: DicomSegSettings
     pacs: PacsSettings
+    package: PackageSettings
     report: ReportSettings
     repro: ReproSettings
     resources: ResourcesSettings

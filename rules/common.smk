@@ -178,6 +178,11 @@ def all_manifests():
     return [f"results/models/{m}/ensemble.json" for m in MODELS]
 
 
+def package_dir():
+    """results/model/<study>-v<version>: the model package's folder."""
+    return f"results/model/{config['study']}-v{config['package']['version']}"
+
+
 def external_cohort(name):
     """[(case, image)] of an extra cohort's folder (infer.cohorts): its NIfTI files, named by file."""
     folder = Path(config["infer"]["cohorts"][name])
@@ -476,6 +481,8 @@ def all_outputs(wildcards):
     targets += [f"results/predictions_external/{c}" for c in config["infer"]["cohorts"] if external_cohort(c)]
     if config["export"]["enabled"]:
         targets.append("results/export")
+    if config["package"]["enabled"]:
+        targets.append(package_dir())
     if dicomseg_enabled():
         targets += dicomseg_records(wildcards)
         if config["pacs"]["push"]:
