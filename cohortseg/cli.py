@@ -195,6 +195,14 @@ def cmd_package(a: argparse.Namespace) -> None:
     print(f"model package: {out} (card: {out / 'MODEL_CARD.md'})")
 
 
+def cmd_watch(a: argparse.Namespace) -> None:
+    from .watch import Config, run
+
+    rows = run(Config.from_config(_cfg(a)), a.model, a.table, a.max_polls)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "rejected", "failed")}
+    print(f"{counts} studies recorded in {a.table}")
+
+
 def cmd_export(a: argparse.Namespace) -> None:
     from .config import model_names
     from .export import Config, run
@@ -413,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--included", default="results/cohort/included.tsv")
     sp.add_argument("--splits", default="results/splits.json")
     sp.add_argument("--out", default="results/model")
+
+    sp = add("watch", cmd_watch, "follow the PACS: each new complete study segmented by a model package, its DICOM "
+                                 "SEG stored back; every study recorded (SIGTERM stops after the study in hand)")
+    sp.add_argument("--model", required=True, help="the model package (results/model/<study>-v<version>/)")
+    sp.add_argument("--table", default="results/watch/studies.tsv", help="the run log (pseudonyms only)")
+    sp.add_argument("--max-polls", type=int, help="stop after this many polls (default: until SIGTERM)")
 
     sp = add("export", cmd_export, "TorchScript/ONNX of the selected models' folds and ensembles (parity-checked), "
                                    "3D Slicer packages")

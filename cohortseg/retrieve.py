@@ -72,14 +72,15 @@ def patient_ids(query: PacsQuerySettings) -> list[str | None]:
     return list(dict.fromkeys(ids))
 
 
-def query_studies(client: Any, settings: PacsSettings) -> list[dict[str, Any]]:
-    """Every study of the date range (and of the listed patients), by QIDO-RS."""
+def query_studies(client: Any, settings: PacsSettings,
+                  fields: tuple[str, ...] = ("StudyDescription",)) -> list[dict[str, Any]]:
+    """Every study of the date range (and of the listed patients), by QIDO-RS, with ``fields`` too."""
     q = settings.query
     studies: dict[str, dict[str, Any]] = {}
     for pid in patient_ids(q):
         filters = {k: v for k, v in (("StudyDate", q.study_date), ("PatientID", pid)) if v}
         found, _ = with_retries(lambda f=filters: client.search_for_studies(  # type: ignore[misc]
-            search_filters=f, fields=["StudyDescription"], get_remaining=True), settings, "answer the study query")
+            search_filters=f, fields=list(fields), get_remaining=True), settings, "answer the study query")
         for st in found:
             studies[_value(st, STUDY_UID)] = st
     return [studies[k] for k in sorted(studies)]

@@ -308,6 +308,12 @@ class PackageSettings(Settings):
 
 
 @dataclass(frozen=True)
+class WatchSettings(Settings):
+    poll_s: float
+    stable_s: float
+
+
+@dataclass(frozen=True)
 class ReportSettings(Settings):
     overlays: int
 
@@ -344,7 +350,8 @@ SECTIONS: dict[str, Any] = {
     "prepare": PrepareSettings, "split": SplitSettings, "train": TrainSettings, "models": dict, "plans": PlansSettings,
     "infer": InferSettings,
     "metrics": MetricsSettings, "export": ExportSettings,
-    "dicomseg": DicomSegSettings, "pacs": PacsSettings, "package": PackageSettings, "report": ReportSettings, "repro": ReproSettings, "resources": ResourcesSettings,
+    "dicomseg": DicomSegSettings, "pacs": PacsSettings, "package": PackageSettings, "watch": WatchSettings,
+    "report": ReportSettings, "repro": ReproSettings, "resources": ResourcesSettings,
 }
 
 S = TypeVar("S", bound="StageConfig")
@@ -407,6 +414,7 @@ class StudyConfig(StageConfig):
     dicomseg: DicomSegSettings
     pacs: PacsSettings
     package: PackageSettings
+    watch: WatchSettings
     report: ReportSettings
     repro: ReproSettings
     resources: ResourcesSettings
