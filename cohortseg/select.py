@@ -34,7 +34,7 @@ import pandas as pd
 
 from .descriptors import KEEP_WARNING, SERIES_DESCRIPTORS
 from .settings import PrivacySettings, SelectSettings, StageConfig
-from .util import log, read_tsv, write_text, write_tsv
+from .util import log, read_rows, read_tsv, write_text, write_tsv
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,9 @@ REASON_TEXT = {
     "wrong_plane": "in a non-accepted plane",
     "not_chosen": "passed the rules but lost the tie-break",
     "no_mask": "without a ground-truth mask",
+    # a cohort from the PACS (cohortseg.retrieve): series decided before retrieval
+    "not_retrieved": "left in the PACS by the query keys (pacs.query; the key in `detail`)",
+    "retrieval_failed": "whose retrieval from the PACS failed (the error in `detail`)",
     # NIfTI cohorts (cohortseg.nifti_cohort)
     "not_3d": "not a 3D volume",
     "nan_image": "with NaN or infinite voxels",
@@ -347,11 +350,39 @@ def with_public_descriptors(table: pd.DataFrame, public: pd.DataFrame) -> pd.Dat
     return out
 
 
+QUERY_REASONS = {"not_retrieved": "not_retrieved", "failed": "retrieval_failed"}
+
+
+def query_exclusions(retrieved_tsv: str | Path | None) -> pd.DataFrame:
+    """The series a PACS query left out or failed to retrieve (``results/cohort/retrieved.tsv``), as rows of
+    the audit: subject, study, series, reason, ``detail`` (the query key or the error; no free text of the
+    headers), ranked after every indexed series when a subject's closest candidate is chosen."""
+    columns = ["subject", "study", "series", "reason", "detail", "modality", "n_files", "n_failed_rules"]
+    if retrieved_tsv is None:
+        return pd.DataFrame(columns=columns)
+    rows = [{"subject": r["subject"], "study": r["study"], "series": r["series"], "reason": QUERY_REASONS[r["status"]],
+             "detail": r["reason"], "modality": r["modality"], "n_files": r["n_instances"], "n_failed_rules": 99}
+            for r in read_rows(retrieved_tsv) if r["status"] in QUERY_REASONS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def with_query_exclusions(series: pd.DataFrame, excluded: pd.DataFrame,
+                          retrieved_tsv: str | Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The audit's excluded series with those the PACS query left out, and the series table the summary
+    counts subjects from (a subject whose every series stayed in the PACS is counted too)."""
+    query = query_exclusions(retrieved_tsv)
+    if query.empty:
+        return series, excluded
+    counted = pd.concat([series, query[["subject", "study", "series"]].assign(status="not_retrieved")], ignore_index=True)
+    return counted, pd.concat([excluded, query], ignore_index=True)
+
+
 def run(config: Config, series_tsv: str | Path, subjects_tsv: str | Path, included_tsv: str | Path,
         excluded_tsv: str | Path, summary_tsv: str | Path, summary_txt: str | Path,
-        descriptors_json: str | Path | None = None) -> pd.DataFrame:
+        descriptors_json: str | Path | None = None, retrieved_tsv: str | Path | None = None) -> pd.DataFrame:
     """Apply the rules (on the raw descriptors of ``descriptors_json``, in memory) and write the audit
-    (with the public descriptors)."""
+    (with the public descriptors); with ``retrieved_tsv`` (a cohort from the PACS) the series its query left
+    out or failed to retrieve are in the audit too."""
     public = read_tsv(series_tsv)
     series = with_raw_descriptors(public, descriptors_json)
     subjects = read_tsv(subjects_tsv)
@@ -367,7 +398,8 @@ def run(config: Config, series_tsv: str | Path, subjects_tsv: str | Path, includ
         hook = load_hook(sel.hook)
         rules = effective_rules(sel)
         included, excluded = select(series, rules, list(sel.tie_break), with_mask, hook, sel.tilt_tolerance_deg)
-        table, text = summarise(series, included, excluded, [r["reason"] for r in rules])
+        counted, excluded = with_query_exclusions(series, excluded, retrieved_tsv)
+        table, text = summarise(counted, included, excluded, [r["reason"] for r in rules])
     included, excluded = with_public_descriptors(included, public), with_public_descriptors(excluded, public)
     if config.privacy.descriptors == "keep" and config.source != "nifti":
         text = KEEP_WARNING + "\n" + text

@@ -63,6 +63,11 @@ def index_inputs(wildcards):
     return {"dicom": config["dicom_dir"]}
 
 
+def select_query_table():
+    """source: pacs: the retrieval's table (series left in the PACS by the query, with their reason)."""
+    return {"retrieved": "results/cohort/retrieved.tsv"} if config["source"] == "pacs" else {}
+
+
 _CACHE = {}
 
 

@@ -5,6 +5,8 @@ checkpoint select:
         subjects="results/cohort/subjects.tsv",
         # the raw free-text descriptors the rules see (results/ holds the cleaned ones)
         descriptors=f"{PRIV}/descriptors.json",
+        # source: pacs: the series the query left in the PACS, with their reason, join the audit
+        **select_query_table(),
     output:
         included=report(
             "results/cohort/included.tsv",

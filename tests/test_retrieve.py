@@ -194,3 +194,32 @@ def test_wrong_credentials_stop_the_retrieval(pacs_server, tmp_path):
     with pytest.raises(pacs.AuthError, match="refused the credentials"):
         retrieve.run(cfg, tmp_path / "r.tsv")
     assert not (tmp_path / "r.tsv").exists()
+
+
+def test_series_left_in_the_pacs_join_the_selection_audit(pacs_server, uploaded, tmp_path):
+    """The query keys' decisions are in excluded.tsv and the exclusion summary beside the tag rules' (reason
+    not_retrieved, the key in `detail`), so the audit accounts for every series the PACS offered."""
+    from cohortseg.util import write_tsv
+
+    private = tmp_path / "p"
+    rows = retrieve.run(config(pacs_server.dicomweb, private, series_description="T1|FLAIR"), tmp_path / "r.tsv")
+    left = sorted((r["series"], r["reason"]) for r in rows if r["status"] == "not_retrieved")
+    assert left
+    series, _ = index_of(retrieve.raw_dir(private), private)
+    write_tsv(tmp_path / "series.tsv", series)
+    write_tsv(tmp_path / "subjects.tsv", pd.DataFrame({"subject": sorted(series["subject"].unique()), "has_mask": False}))
+    cfg = select_stage.Config.from_config(load(REPO / "tests" / "config" / "tiny.yaml",
+                                               {"source": "pacs", "pacs": {"url": pacs_server.dicomweb}}))
+    out = {n: tmp_path / f"{n}.tsv" for n in ("included", "excluded", "summary")}
+    select_stage.run(cfg, tmp_path / "series.tsv", tmp_path / "subjects.tsv", out["included"], out["excluded"],
+                     out["summary"], tmp_path / "summary.txt", None, tmp_path / "r.tsv")
+    excluded = pd.read_csv(out["excluded"], sep="\t")
+    query = excluded[excluded["reason"] == "not_retrieved"]
+    assert sorted(zip(query["series"], query["detail"])) == left
+    summary = pd.read_csv(out["summary"], sep="\t")
+    assert int(summary.loc[summary["reason"] == "not_retrieved", "count"].iloc[0]) == len(left)
+    text = (tmp_path / "summary.txt").read_text()
+    print(text)
+    assert f"{len(left)} left in the PACS by the query keys" in text
+    indexed = set(series.loc[series["status"] == "ok", "series"])
+    assert set(excluded["series"]) | set(pd.read_csv(out["included"], sep="\t")["series"]) == indexed | {s for s, _ in left}
