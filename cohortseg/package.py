@@ -114,7 +114,7 @@ def metrics_summary(selection: dict[str, Any], comparison_tsv: str | Path) -> di
     """Cross-validation figures of the selection, and the comparison's rows of the selected models and of the
     study's final inference (``study``: the held-out test subjects, scored once)."""
     keep = set(selection["selected"]["models"]) | {"study"}
-    rows = [{k: v for k, v in r.items()} for r in read_rows(comparison_tsv) if r["model"] in keep]
+    rows = [r for r in read_rows(comparison_tsv) if r["model"] in keep]
     return {"cv_mean_dice_selected": selection["selected"]["mean_dice"],
             "cv_dice_with_postprocessing": selection["cv_dice_with_postprocessing"],
             "comparison": rows}

@@ -329,7 +329,12 @@ def with_raw_descriptors(series: pd.DataFrame, descriptors_json: str | Path | No
         return series
     import json
 
-    raw = json.loads(Path(descriptors_json).read_text())
+    return apply_raw_descriptors(series, json.loads(Path(descriptors_json).read_text()))
+
+
+def apply_raw_descriptors(series: pd.DataFrame, raw: Mapping[str, Mapping[str, str]]) -> pd.DataFrame:
+    """The series table with the free-text columns of ``raw`` (series id -> descriptors, as the index keeps
+    them privately), in memory only."""
     out = series.copy()
     for col in SERIES_DESCRIPTORS:
         if col in out:

@@ -196,18 +196,13 @@ class Watcher:
     def choose(self, raw: Path) -> tuple[tuple[str, list[str], str] | None, str]:
         """The series the selection rules choose in the study's folder (series id, its files, geometry
         correction), or None and the reasons of every series."""
-        from .descriptors import SERIES_DESCRIPTORS
         from .index import build_index
-        from .select import effective_rules, load_hook, select
+        from .select import apply_raw_descriptors, effective_rules, load_hook, select
 
         sel, idx = self.config.select, self.config.index
         df, private = build_index(raw, self.pseudo, idx.postop_regex, idx.slice_gap_tolerance, workers=1,
                                   descriptors=self.config.privacy.descriptors)
-        rules_view = df.copy()  # the rules see the raw descriptors, in memory only (as `select` does)
-        for col in SERIES_DESCRIPTORS:
-            if col in rules_view:
-                rules_view[col] = [private["descriptors"].get(s, {}).get(col, v)
-                                   for s, v in zip(rules_view["series"], rules_view[col])]
+        rules_view = apply_raw_descriptors(df, private["descriptors"])  # the rules see the raw text, as in `select`
         included, excluded = select(rules_view, effective_rules(sel), list(sel.tie_break), None, load_hook(sel.hook),
                                     sel.tilt_tolerance_deg)
         if included.empty:
