@@ -316,6 +316,49 @@ def test_fast_header_scan_equals_pydicom(tiny_cohort):
     assert fast > 0.8 * sum(1 for f in files if read_header(f).status == "ok")
 
 
+def test_header_scan_reads_on_where_the_buffer_ends_between_elements(tmp_path: Path) -> None:
+    """A header whose first read ends exactly between two elements, before the last tag the index wants:
+    the scanner reads more instead of returning the tags found so far. A compressed file (its pixel check
+    needs no Rows), a long private element in group 0019 filling the first buffer to the byte, the UIDs and
+    the image tags after it."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1, generate_uid
+
+    from cohortseg import dicomscan
+
+    def write(private_len: int) -> Path:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = JPEGLosslessSV1
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "MR", generate_uid(), generate_uid()
+        ds.add_new(0x00190010, "LO", "SIEMENS MR HEADER")
+        ds.add_new(0x00191001, "OB", b"\0" * private_len)  # a Siemens-like private block before group 0020
+        ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 4, 4, 16, 16, 15
+        ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 0, "MONOCHROME2"
+        ds.PixelData = encapsulate([b"\0" * 32])
+        ds["PixelData"].VR = "OB"
+        path = tmp_path / f"f{private_len}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    probe = write(1000)
+    raw = probe.read_bytes()
+    private_at = raw.index(b"\x19\x00\x01\x10OB")
+    after = private_at + 12 + 1000  # where the next element starts
+    path = write(1000 + dicomscan.BUFFER - after)  # the next element starts exactly at the buffer's end
+    status, tags = dicomscan.scan(str(path))
+    assert status == "ok" and (tags["Rows"], tags["Columns"]) == (4, 4) and "SeriesInstanceUID" in tags, tags
+    from cohortseg.index import read_header_pydicom
+
+    assert read_header(str(path)).tags == read_header_pydicom(str(path)).tags
+
+
 def test_saved_conversion_keeps_stored_values_and_scale(tmp_path):
     """dcm2niix stores the Philips CT as int16 with scl_inter -1024: the saved file keeps that scale and
     the exact values (nibabel alone would refit a lossy scale when saving a scaled image)."""
