@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--selection", default="results/study/selection.json")
     sp.add_argument("--out", default="results/dicomseg")
 
-    sp = add("push", cmd_push, "store the written DICOM SEGs in the PACS (pacs.url) by DICOMweb STOW-RS")
+    sp = add("push", cmd_push, "store the written DICOM SEGs in the PACS by DICOMweb STOW-RS or DIMSE C-STORE (pacs.protocol)")
     sp.add_argument("--records", default="results/dicomseg")
     sp.add_argument("--out", default="results/pacs/pushed.tsv")
 

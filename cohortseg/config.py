@@ -53,10 +53,9 @@ def check_semantics(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"private_dir {cfg['private_dir']!r} must lie outside {shared}/")
     if cfg["source"] == "nifti" and not (cfg["nifti"]["images"] or cfg["nifti"]["table"]):
         raise ConfigError("source: nifti needs nifti.images (a folder) or nifti.table (a TSV of paths)")
-    if cfg["source"] == "pacs" and not cfg["pacs"]["url"]:
-        raise ConfigError("source: pacs needs pacs.url (the PACS's DICOMweb root)")
-    if cfg["pacs"]["push"] and not cfg["pacs"]["url"]:
-        raise ConfigError("pacs.push needs pacs.url (the PACS's DICOMweb root)")
+    for needs, what in ((cfg["source"] == "pacs", "source: pacs"), (cfg["pacs"]["push"], "pacs.push")):
+        if needs:
+            check_pacs_address(cfg["pacs"], what)
     ct = cfg["preprocess"]["ct"]
     for key in ("mean", "sd"):
         if isinstance(ct[key], str) and ct[key] != "auto":
@@ -66,6 +65,15 @@ def check_semantics(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"models: {reserved} are reserved names (the study's selection is `study`)")
     for name in model_names(cfg):
         check_model(cfg, name)
+
+
+def check_pacs_address(pacs: dict[str, Any], what: str) -> None:
+    """The PACS named for the protocol in use (``what`` needs it)."""
+    if pacs["protocol"] == "dimse":
+        if not (pacs["dimse"]["host"] and pacs["dimse"]["called_aet"]):
+            raise ConfigError(f"{what} with pacs.protocol: dimse needs pacs.dimse.host and pacs.dimse.called_aet")
+    elif not pacs["url"]:
+        raise ConfigError(f"{what} needs pacs.url (the PACS's DICOMweb root)")
 
 
 def check_model(cfg: dict[str, Any], name: str) -> None:

@@ -1,8 +1,10 @@
 """What the stages that talk to the PACS share (``retrieve`` pulls the cohort, ``push`` stores the SEGs): the
-DICOMweb client (dicomweb-client over a requests session), credentials from the environment or a file (never
-from the config), and one retry policy.
+client (``pacs.protocol``: DICOMweb by dicomweb-client over a requests session, or DIMSE by pynetdicom in
+cohortseg.dimse, behind the same calls), credentials from the environment or a file (never from the config),
+and one retry policy.
 
-Retries: connection errors, time-outs and server errors (5xx) are retried ``pacs.retries`` times with
+Retries: connection errors, time-outs, server errors (5xx) and a DIMSE peer that does not answer (Unavailable)
+are retried ``pacs.retries`` times with
 doubling back-off (1, 2, 4 ... s); dicomweb-client's own retrying is switched off so that the two do not
 multiply. Authentication failures (401/403) and other refusals (4xx) are not retried: they are a PacsError
 naming what to fix.
@@ -26,7 +28,12 @@ class PacsError(RuntimeError):
 
 
 class AuthError(PacsError):
-    """The PACS refused the credentials: nothing else can succeed, every stage stops on it."""
+    """The PACS refused the credentials (or, by DIMSE, the AE titles): nothing else can succeed, every stage
+    stops on it."""
+
+
+class Unavailable(PacsError):
+    """The PACS did not answer or broke off (DIMSE): retried like a connection error."""
 
 
 def credentials(settings: PacsSettings) -> tuple[str, str] | None:
@@ -47,7 +54,12 @@ def credentials(settings: PacsSettings) -> tuple[str, str] | None:
 
 
 def make_client(settings: PacsSettings) -> Any:
-    """A DICOMweb client of ``pacs.url`` with the credentials and time-out, its own retrying off."""
+    """A DICOMweb client of ``pacs.url`` with the credentials and time-out, its own retrying off; or, with
+    ``pacs.protocol: dimse``, the DIMSE client of ``pacs.dimse`` (close it with close_client)."""
+    if settings.protocol == "dimse":
+        from .dimse import DimseClient
+
+        return DimseClient(settings)
     import requests
     from dicomweb_client.api import DICOMwebClient
 
@@ -58,6 +70,20 @@ def make_client(settings: PacsSettings) -> Any:
     client = DICOMwebClient(url=settings.url.rstrip("/"), session=session, timeout=settings.timeout_s)
     client.set_http_retry_params(retry=False)
     return client
+
+
+def describe(settings: PacsSettings) -> str:
+    """The PACS as error messages name it: its DICOMweb URL, or AE title@host:port."""
+    if settings.protocol == "dimse":
+        return f"{settings.dimse.called_aet}@{settings.dimse.host}:{settings.dimse.port}"
+    return settings.url
+
+
+def close_client(client: Any) -> None:
+    """Stop what the client runs (the DIMSE client's storage SCP); nothing for DICOMweb."""
+    close = getattr(client, "close", None)
+    if callable(close):
+        close()
 
 
 def status_of(err: Exception) -> int | None:
@@ -77,12 +103,12 @@ def with_retries(call: Callable[[], T], settings: PacsSettings, what: str,
         except requests.exceptions.HTTPError as e:
             code = status_of(e)
             if code in (401, 403):
-                raise AuthError(f"the PACS at {settings.url} refused the credentials (HTTP {code}): check "
+                raise AuthError(f"the PACS at {describe(settings)} refused the credentials (HTTP {code}): check "
                                 f"${settings.credentials_env} or pacs.credentials_file") from e
             if code is not None and code < 500:
-                raise PacsError(f"the PACS at {settings.url} refused to {what} (HTTP {code})") from e
+                raise PacsError(f"the PACS at {describe(settings)} refused to {what} (HTTP {code})") from e
             last = e
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, Unavailable) as e:
             last = e
         if attempt < settings.retries:
             sleep(2.0 ** attempt)

@@ -1,5 +1,5 @@
 """Back to the PACS: the DICOM SEGs built in ``private_dir/dicomseg/`` stored by DICOMweb STOW-RS
-(dicomweb-client), re-identified only there (they carry the source series' patient and study modules).
+(dicomweb-client) or DIMSE C-STORE (``pacs.protocol: dimse``), re-identified only there (they carry the source series' patient and study modules).
 
 Credentials come from the environment variable ``pacs.credentials_env`` or the file ``pacs.credentials_file``
 ("user:password"), never from the config. Each store is retried with doubling back-off (1, 2, 4 ... s) on
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .pacs import PacsError, make_client, with_retries
+from .pacs import PacsError, Unavailable, close_client, describe, make_client, with_retries
 from .settings import PacsSettings, StageConfig
 from .util import write_rows
 
@@ -51,20 +51,29 @@ def run(config: Config, records: list[str], seg_dirs: list[str], out: str | Path
     client = make_client(config.pacs)
     rows: list[dict[str, Any]] = []
     t0 = time.time()
-    for subject, path in tqdm(todo, desc="STOW-RS", unit="SEG"):
-        try:
-            rows.append({"subject": subject, "status": "stored", "attempts": store(client, path, config.pacs),
-                         "reason": ""})
-        except PacsError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the error is this subject's, recorded; the others go on
-            reason = f"{type(e).__name__} after {config.pacs.retries + 1} attempts"
-            log.warning("%s: not stored: %s", subject, reason)
-            rows.append({"subject": subject, "status": "failed", "attempts": config.pacs.retries + 1, "reason": reason})
+    try:
+        desc = "C-STORE" if config.pacs.protocol == "dimse" else "STOW-RS"
+        for subject, path in tqdm(todo, desc=desc, unit="SEG"):
+            try:
+                rows.append({"subject": subject, "status": "stored", "attempts": store(client, path, config.pacs),
+                             "reason": ""})
+            except PacsError as e:
+                if not isinstance(e, Unavailable):
+                    raise
+                reason = f"{type(e).__name__} after {config.pacs.retries + 1} attempts"
+                log.warning("%s: not stored: %s", subject, reason)
+                rows.append({"subject": subject, "status": "failed", "attempts": config.pacs.retries + 1, "reason": reason})
+            except Exception as e:  # noqa: BLE001 - the error is this subject's, recorded; the others go on
+                reason = f"{type(e).__name__} after {config.pacs.retries + 1} attempts"
+                log.warning("%s: not stored: %s", subject, reason)
+                rows.append({"subject": subject, "status": "failed", "attempts": config.pacs.retries + 1, "reason": reason})
+    finally:
+        close_client(client)
     stored = sum(r["status"] == "stored" for r in rows)
     if todo and not stored:
-        raise PacsError(f"the PACS at {config.pacs.url} stored none of {len(todo)} SEGs ({rows[0]['reason']}): "
-                        "is it running and is pacs.url its DICOMweb root?")
+        raise PacsError(f"the PACS at {describe(config.pacs)} stored none of {len(todo)} SEGs ({rows[0]['reason']}): "
+                        + ("is it running, and are pacs.dimse's host, port and AE titles its own?"
+                           if config.pacs.protocol == "dimse" else "is it running and is pacs.url its DICOMweb root?"))
     write_rows(out, rows, COLUMNS)
     log.info("%d of %d SEGs stored in %.1f s", stored, len(todo), time.time() - t0)
     return rows

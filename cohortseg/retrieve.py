@@ -1,6 +1,7 @@
 """The cohort from the PACS (``source: pacs``): QIDO-RS queries, series kept by the query keys before any
-instance moves, WADO-RS retrieval into ``private_dir/raw/``; then the usual index -> select -> ... DAG reads
-that folder as it reads a DICOM export.
+instance moves, WADO-RS retrieval into ``private_dir/raw/`` (or C-FIND and C-MOVE with ``pacs.protocol:
+dimse``, cohortseg.dimse); then the usual index -> select -> ... DAG reads that folder as it reads a DICOM
+export.
 
 - Studies are queried by date range (``pacs.query.study_date``) and, when ``pacs.query.patients_file`` names
   a private list of PatientIDs, one query per patient; a study whose description does not match
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .pacs import AuthError, PacsError, make_client, with_retries
+from .pacs import AuthError, PacsError, close_client, make_client, with_retries
 from .pseudonym import PRIVATE_MODE, RAW_SUBDIR, Pseudonymiser, ensure_private_dir, from_settings
 from .settings import PacsQuerySettings, PacsSettings, PseudonymSettings, StageConfig
 from .util import atomic_path, write_rows
@@ -109,6 +110,8 @@ def retrieve_series(client: Any, study_uid: str, series_uid: str, folder: Path, 
         raise PacsError("the PACS lists no instance of the series any more (deleted during the retrieval?)")
     ensure_private_dir(folder.parent)
     ensure_private_dir(folder)
+    if hasattr(client, "move_series"):  # DIMSE: one C-MOVE for the series (cohortseg.dimse), not one per instance
+        return _move_series(client, study_uid, series_uid, uids, folder, settings, deadline, progress)
     new = held = 0
     for uid in uids:
         target = folder / f"{uid}.dcm"
@@ -125,6 +128,18 @@ def retrieve_series(client: Any, study_uid: str, series_uid: str, folder: Path, 
         new += 1
         progress.update(1)
     return len(uids), new, held
+
+
+def _move_series(client: Any, study_uid: str, series_uid: str, uids: list[str], folder: Path, settings: PacsSettings,
+                 deadline: float, progress: Any) -> tuple[int, int, int]:
+    held = sum((folder / f"{u}.dcm").exists() for u in uids)
+    progress.update(held)
+    if held < len(uids):
+        if time.time() > deadline:
+            raise TimeoutError
+        with_retries(lambda: client.move_series(study_uid, series_uid, uids, folder, lambda: progress.update(1)),
+                     settings, "move the series")
+    return len(uids), len(uids) - held, held
 
 
 def row(pseudo: Pseudonymiser, st: dict[str, Any], se: dict[str, Any], **fields: Any) -> dict[str, Any]:
@@ -159,29 +174,33 @@ def run(config: Config, out: str | Path) -> list[dict[str, Any]]:
     ensure_private_dir(config.private_dir)
     pseudo = from_settings(config.private_dir, config.pseudonym)
     client = make_client(config.pacs)
-    t0 = time.time()
-    keep, rows = plan(client, config, pseudo)
-    deadline = t0 + 60 * config.pacs.retrieve_minutes
-    raw = ensure_private_dir(raw_dir(config.private_dir))
-    total = sum(int(_value(se, N_INSTANCES, 0) or 0) for _, se in keep)
-    with tqdm(total=total, desc="WADO-RS", unit="instance", mininterval=2) as progress:
-        for st, se in keep:
-            r = row(pseudo, st, se, status="retrieved")
-            try:
-                n, new, held = retrieve_series(client, _value(st, STUDY_UID), _value(se, SERIES_UID),
-                                               raw / r["study"] / r["series"], config.pacs, deadline, progress)
-                r.update(n_instances=n, n_retrieved=new, n_held=held)
-            except TimeoutError:
-                done = sum(x["n_instances"] for x in rows if x["status"] == "retrieved")
-                raise PacsError(f"retrieval stopped at pacs.retrieve_minutes ({config.pacs.retrieve_minutes}): "
-                                f"{done} of {total} instances held; run again to resume") from None
-            except AuthError:
-                raise
-            except Exception as e:  # noqa: BLE001 - this series' failure is recorded; the others go on
-                code = getattr(getattr(e.__cause__, "response", None), "status_code", None)
-                r.update(status="failed", reason=f"retrieval failed: {type(e).__name__}" + (f" (HTTP {code})" if code else ""))
-                log.warning("%s %s: %s", r["subject"], r["series"], r["reason"])
-            rows.append(r)
+    try:
+        t0 = time.time()
+        keep, rows = plan(client, config, pseudo)
+        deadline = t0 + 60 * config.pacs.retrieve_minutes
+        raw = ensure_private_dir(raw_dir(config.private_dir))
+        total = sum(int(_value(se, N_INSTANCES, 0) or 0) for _, se in keep)
+        desc = "C-MOVE" if config.pacs.protocol == "dimse" else "WADO-RS"
+        with tqdm(total=total, desc=desc, unit="instance", mininterval=2) as progress:
+            for st, se in keep:
+                r = row(pseudo, st, se, status="retrieved")
+                try:
+                    n, new, held = retrieve_series(client, _value(st, STUDY_UID), _value(se, SERIES_UID),
+                                                   raw / r["study"] / r["series"], config.pacs, deadline, progress)
+                    r.update(n_instances=n, n_retrieved=new, n_held=held)
+                except TimeoutError:
+                    done = sum(x["n_instances"] for x in rows if x["status"] == "retrieved")
+                    raise PacsError(f"retrieval stopped at pacs.retrieve_minutes ({config.pacs.retrieve_minutes}): "
+                                    f"{done} of {total} instances held; run again to resume") from None
+                except AuthError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - this series' failure is recorded; the others go on
+                    code = getattr(getattr(e.__cause__, "response", None), "status_code", None)
+                    r.update(status="failed", reason=f"retrieval failed: {type(e).__name__}" + (f" (HTTP {code})" if code else ""))
+                    log.warning("%s %s: %s", r["subject"], r["series"], r["reason"])
+                rows.append(r)
+    finally:
+        close_client(client)
     rows.sort(key=lambda x: (x["subject"], x["study"], x["series"]))
     write_rows(out, rows, COLUMNS)
     n_ok = sum(x["status"] == "retrieved" for x in rows)

@@ -288,7 +288,17 @@ class PacsQuerySettings(Settings):
 
 
 @dataclass(frozen=True)
+class DimseSettings(Settings):
+    host: str
+    port: int
+    called_aet: str
+    calling_aet: str
+    store_port: int
+
+
+@dataclass(frozen=True)
 class PacsSettings(Settings):
+    protocol: str
     url: str
     credentials_env: str
     credentials_file: str
@@ -297,6 +307,7 @@ class PacsSettings(Settings):
     retries: int
     retrieve_minutes: float
     query: PacsQuerySettings
+    dimse: DimseSettings
 
 
 @dataclass(frozen=True)

@@ -249,8 +249,11 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 def run(config: Config, package: str | Path, table: str | Path = "results/watch/studies.tsv",
         max_polls: int | None = None) -> list[dict[str, Any]]:
     """Poll until stopped (SIGTERM/SIGINT) or ``max_polls`` polls; the run log's rows."""
+    from .pacs import close_client
+
     stop = Stop()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    watcher = None
     try:
         watcher = Watcher(config, Path(package), Path(table), stop)
         polls = 0
@@ -265,5 +268,7 @@ def run(config: Config, package: str | Path, table: str | Path = "results/watch/
                 time.sleep(min(0.5, config.watch.poll_s))
         return watcher.rows
     finally:
+        if watcher is not None:
+            close_client(watcher.client)
         for s, handler in previous.items():
             signal.signal(s, handler)

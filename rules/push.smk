@@ -1,6 +1,6 @@
 rule push:
     """Every written DICOM SEG stored in the PACS by DICOMweb STOW-RS (pacs.url; credentials from
-    pacs.credentials_env or pacs.credentials_file); results/pacs/pushed.tsv says what was stored. Run by
+    pacs.credentials_env or pacs.credentials_file) or DIMSE C-STORE (pacs.protocol: dimse); results/pacs/pushed.tsv says what was stored. Run by
     `snakemake push`, or in the default target with pacs.push: true."""
     input:
         records=dicomseg_records,

@@ -76,8 +76,9 @@ class Orthanc:
             self.process.wait()
 
 
-def start(folder: Path, timeout_s: float = 30) -> Orthanc:
-    """Start Orthanc in ``folder`` (config, storage, log) and wait until its REST API answers."""
+def start(folder: Path, timeout_s: float = 30, extra: dict[str, object] | None = None) -> Orthanc:
+    """Start Orthanc in ``folder`` (config, storage, log) and wait until its REST API answers; ``extra``
+    configuration on top (DICOM modalities, for the DIMSE tests)."""
     import requests
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,7 @@ def start(folder: Path, timeout_s: float = 30) -> Orthanc:
         "HttpPort": http_port, "DicomPort": dicom_port, "DicomAet": "ORTHANCTEST", "RemoteAccessAllowed": False,
         "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD}, "HttpTimeout": 30,
         "Plugins": [_dicomweb_plugin()], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        "StableAge": 1, "SaveJobs": False,
+        "StableAge": 1, "SaveJobs": False, **(extra or {}),
     }
     (folder / "orthanc.json").write_text(json.dumps(config, indent=1))
     t0 = time.time()
