@@ -687,6 +687,19 @@ def find_masks(masks_dir: str | Path | None, pattern: str, id_map: dict[str, str
     return found
 
 
+MASK_CLASSES = ("segmentation", "rt_structure_set")  # sop_class_name of DICOM SEG and RTSTRUCT
+
+
+def cohort_masks(df: pd.DataFrame, series_files: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Subject -> the files of the DICOM SEG and RTSTRUCT objects among its series (``masks.in_cohort``), in
+    series-number order: the candidates ``prepare`` checks against the selected series."""
+    objects = df[(df["status"] == "ok") & df["sop_class"].isin(MASK_CLASSES)]
+    found: dict[str, list[str]] = {}
+    for row in objects.sort_values(["subject", "series_number", "series"]).itertuples():
+        found.setdefault(str(row.subject), []).extend(sorted(series_files[str(row.series)]))
+    return found
+
+
 def run(config: Config, out: Outputs, workers: int | None = None) -> pd.DataFrame:
     """Index the cohort; write the series and subject tables and the private maps."""
     ensure_private_dir(config.private_dir)
@@ -706,6 +719,8 @@ def run(config: Config, out: Outputs, workers: int | None = None) -> pd.DataFram
         df, private = build_index(dicom_dir, pseudo, idx.postop_regex, idx.slice_gap_tolerance, workers,
                                   descriptors=config.privacy.descriptors)
         masks = find_masks(config.masks.dir, config.masks.pattern, private["id_map"])
+        if config.masks.in_cohort:
+            masks = {**cohort_masks(df, private["series_files"]), **masks}  # type: ignore[dict-item]  # a file wins
     subjects = (
         df[df["status"] == "ok"].groupby("subject")
         .agg(n_studies=("study", "nunique"), n_series=("series", "count")).reset_index()
@@ -719,7 +734,7 @@ def run(config: Config, out: Outputs, workers: int | None = None) -> pd.DataFram
     return df
 
 
-def write_private_maps(out: Outputs, private: dict[str, Any], masks: dict[str, str]) -> None:
+def write_private_maps(out: Outputs, private: dict[str, Any], masks: dict[str, str | list[str]]) -> None:
     """The maps back to the patient (mode 600, in private_dir): files per series, masks, ids, paths."""
     write_json(out.series_files, private["series_files"], mode=PRIVATE_MODE)
     write_json(out.masks, masks, mode=PRIVATE_MODE)

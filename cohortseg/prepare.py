@@ -123,7 +123,12 @@ def _stat(path: str) -> list[Any]:
     return [st.st_size, st.st_mtime_ns]
 
 
-def subject_key(code: str, row: dict[str, Any], files: list[str], mask: str | None) -> str:
+def mask_paths(mask: str | list[str] | None) -> list[str]:
+    """The mask file, or the cohort's mask objects (``masks.in_cohort``: candidates), as a list."""
+    return [] if mask is None else [mask] if isinstance(mask, str) else list(mask)
+
+
+def subject_key(code: str, row: dict[str, Any], files: list[str], mask: str | list[str] | None) -> str:
     """Stamp of a subject's inputs: code/config fingerprint, selected row, size and mtime of every input file.
 
     Only the digest is stored: the input paths name patients and never reach results/."""
@@ -131,7 +136,7 @@ def subject_key(code: str, row: dict[str, Any], files: list[str], mask: str | No
     h.update(json.dumps([code, {k: str(v) for k, v in sorted(row.items())}], sort_keys=True).encode())
     for f in files:
         h.update(json.dumps(_stat(f)).encode())
-    h.update(json.dumps(_stat(mask) if mask else None).encode())
+    h.update(json.dumps([_stat(m) for m in mask_paths(mask)] if mask else None).encode())
     return h.hexdigest()
 
 
@@ -143,16 +148,16 @@ def _scrub(msg: str, paths: list[str]) -> str:
 
 
 def prepare_subject(config: Config, code: str, subject: str, row: dict[str, Any], files: list[str],
-                    mask: str | None, folders: Folders, force: bool = False) -> dict[str, Any]:
+                    mask: str | list[str] | None, folders: Folders, force: bool = False) -> dict[str, Any]:
     """Convert, import the mask and survey one subject unless its stamp says it is up to date."""
-    from .convert import convert_subject, mask_subject
+    from .convert import convert_subject
 
     t0 = time.time()
     out = subject_files(subject, folders, labelled=mask is not None)
     try:
         key = subject_key(code, row, files, mask)
     except OSError as exc:
-        return {"status": "failed", "reason": _scrub(f"input not readable: {exc}", files + [mask or ""])}
+        return {"status": "failed", "reason": _scrub(f"input not readable: {exc}", files + mask_paths(mask))}
     stamp = Path(folders.nifti) / subject / STAMP
     if not force and stamp.exists() and stamp.read_text() == key and all(os.path.exists(p) for p in out.values()):
         return {"status": "ok", "skipped": True, "seconds": 0.0, "files": out}
@@ -161,16 +166,36 @@ def prepare_subject(config: Config, code: str, subject: str, row: dict[str, Any]
         convert_subject(config.source, config.convert.tool, subject, row, files, out["image"], out["sidecar"],
                         config.privacy.descriptors)
         if mask is not None:
-            mask_subject(len(config.labels), subject, out["image"], mask, out["label"], config.labels,
-                         files if config.source != "nifti" else None)
+            import_mask_of(config, subject, out, mask, files)
         write_survey(config, subject, out)
     except Exception as exc:  # one subject's failure is reported; the shard's others go on
-        reason = _scrub(f"{type(exc).__name__}: {exc}", files + [mask or ""])
+        reason = _scrub(f"{type(exc).__name__}: {exc}", files + mask_paths(mask))
         log.error("%s: failed: %s", subject, reason)
-        log.debug("%s", _scrub(traceback.format_exc(), files + [mask or ""]))
+        log.debug("%s", _scrub(traceback.format_exc(), files + mask_paths(mask)))
         return {"status": "failed", "reason": reason}
     write_text(stamp, key)
     return {"status": "ok", "skipped": False, "seconds": round(time.time() - t0, 3), "files": out}
+
+
+def import_mask_of(config: Config, subject: str, out: dict[str, str], mask: str | list[str], files: list[str]) -> None:
+    """The subject's label from its mask file, or from the first of the cohort's mask objects that fits the
+    selected series (its reference checks); none fitting: the reason of each."""
+    from .convert import ConversionError, mask_subject
+
+    series_files = files if config.source != "nifti" else None
+    if isinstance(mask, str):
+        mask_subject(len(config.labels), subject, out["image"], mask, out["label"], config.labels, series_files)
+        return
+    reasons = []
+    for n, candidate in enumerate(mask, start=1):
+        try:
+            mask_subject(len(config.labels), subject, out["image"], candidate, out["label"], config.labels, series_files)
+            log.info("%s: mask from the cohort's mask object %d of %d", subject, n, len(mask))
+            return
+        except ConversionError as exc:
+            reasons.append(f"object {n}: {str(exc).removeprefix(f'{subject} mask: ')}")
+    raise ConversionError(f"{subject}: none of the {len(mask)} mask objects in the cohort fits the selected series "
+                          f"({'; '.join(reasons)})")
 
 
 def _worker(args: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:

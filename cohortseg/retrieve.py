@@ -28,7 +28,7 @@ from typing import Any
 
 from .pacs import AuthError, PacsError, close_client, make_client, with_retries
 from .pseudonym import PRIVATE_MODE, RAW_SUBDIR, Pseudonymiser, ensure_private_dir, from_settings
-from .settings import PacsQuerySettings, PacsSettings, PseudonymSettings, StageConfig
+from .settings import MaskSettings, PacsQuerySettings, PacsSettings, PseudonymSettings, StageConfig
 from .util import atomic_path, write_rows
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class Config(StageConfig):
     private_dir: str
     pseudonym: PseudonymSettings
     pacs: PacsSettings
+    masks: MaskSettings
 
 
 def raw_dir(private_dir: str | Path) -> Path:
@@ -58,6 +59,7 @@ def _value(item: dict[str, Any], tag: str, default: Any = "") -> Any:
 
 STUDY_UID, SERIES_UID, SOP_UID, PATIENT_ID = "0020000D", "0020000E", "00080018", "00100020"
 STUDY_DESC, SERIES_DESC, MODALITY, N_INSTANCES = "00081030", "0008103E", "00080060", "00201209"
+MASK_MODALITIES = ("SEG", "RTSTRUCT")
 
 
 def patient_ids(query: PacsQuerySettings) -> list[str | None]:
@@ -160,6 +162,8 @@ def plan(client: Any, config: Config, pseudo: Pseudonymiser) -> tuple[list[tuple
             if q.study_description and not re.search(q.study_description, str(_value(st, STUDY_DESC)), re.I):
                 rows.append(row(pseudo, st, se, status="not_retrieved",
                                 reason="study description does not match pacs.query.study_description"))
+            elif config.masks.in_cohort and _value(se, MODALITY) in MASK_MODALITIES:
+                keep.append((st, se))  # a radiologist's mask stored in the PACS (masks.in_cohort)
             elif why := series_reason(se, q):
                 rows.append(row(pseudo, st, se, status="not_retrieved", reason=why))
             else:

@@ -93,6 +93,7 @@ class NiftiSettings(Settings):
 class MaskSettings(Settings):
     dir: str | None
     pattern: str
+    in_cohort: bool
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,12 @@ def dimse_pacs(tmp_path_factory):
     for f in dicom_files(cohort / "dicom"):
         client.store_instances([pydicom.dcmread(f)])
         n += 1
-    yield server, store_port, n
+    yield server, store_port, n, cohort
     server.stop()
 
 
 def settings(server: orthanc.Orthanc, store_port: int, protocol: str = "dimse", private: Path | None = None,
-             called: str = "ORTHANCTEST", calling: str = AET, port: int | None = None):
+             called: str = "ORTHANCTEST", calling: str = AET, port: int | None = None, **more):
     import os
 
     os.environ["COHORTSEG_TEST_PACS"] = f"{orthanc.USER}:{orthanc.PASSWORD}"
@@ -52,7 +52,8 @@ def settings(server: orthanc.Orthanc, store_port: int, protocol: str = "dimse", 
                     "pacs": {"protocol": protocol, "url": server.dicomweb, "credentials_env": "COHORTSEG_TEST_PACS",
                              "retries": 1, "timeout_s": 10,
                              "dimse": {"host": "127.0.0.1", "port": port or server.dicom_port, "called_aet": called,
-                                       "calling_aet": calling, "store_port": store_port}}})
+                                       "calling_aet": calling, "store_port": store_port}, **more.pop("pacs", {})},
+                    **more})
     return retrieve.Config.from_config(cfg)
 
 
@@ -65,7 +66,7 @@ def private_dir(tmp_path: Path, name: str) -> Path:
 
 
 def test_dimse_retrieval_equals_dicomweb_retrieval(dimse_pacs, tmp_path):
-    server, store_port, n_stored = dimse_pacs
+    server, store_port, n_stored, _ = dimse_pacs
     a, b = private_dir(tmp_path, "dicomweb"), private_dir(tmp_path, "dimse")
     t0 = time.time()
     rows_web = retrieve.run(settings(server, store_port, "dicomweb", a), tmp_path / "web.tsv")
@@ -102,7 +103,7 @@ def test_dimse_store(dimse_pacs, tmp_path):
     import requests
     from pydicom.uid import generate_uid
 
-    server, store_port, _ = dimse_pacs
+    server, store_port, *_ = dimse_pacs
     cfg = settings(server, store_port)
     client = pacs.make_client(cfg.pacs)
     try:
@@ -128,7 +129,7 @@ def first_series(client) -> tuple[str, str]:
 
 
 def test_dimse_errors_say_what_to_fix(dimse_pacs, tmp_path):
-    server, store_port, _ = dimse_pacs
+    server, store_port, *_ = dimse_pacs
     with pytest.raises(pacs.AuthError, match="rejected the association from AE title 'COHORTSEG'.*called_aet"):
         retrieve.run(settings(server, store_port, private=tmp_path / "a", called="NOTTHEPACS"), tmp_path / "a.tsv")
     # Orthanc answers an unknown move destination with C000 (the standard's A801 is caught by name)
@@ -157,3 +158,41 @@ def test_dimse_configuration_is_checked():
             validate({"pacs": {"dimse": {"calling_aet": bad}}})
     with pytest.raises(pacs.PacsError, match="pacs.dimse.host and pacs.dimse.called_aet must name the PACS"):
         pacs.make_client(retrieve.Config.from_config(validate({"pacs": {"protocol": "dimse"}})).pacs)
+
+
+def test_masks_stored_in_the_pacs_are_retrieved_and_found(dimse_pacs, tmp_path):
+    """masks.in_cohort with source: pacs: an RTSTRUCT stored in the PACS beside its image is retrieved although the
+    query keys ask for MR only (without in_cohort it is left there, with the modality key as its reason), and the
+    index makes it the candidate mask of its patient's subject."""
+    from cohortseg.index import build_index, cohort_masks
+    from cohortseg.pseudonym import from_settings
+    from tests.test_rtstruct import frames_and_circles, stored_beside, write_rtstruct
+
+    server, store_port, _, cohort = dimse_pacs
+    by_series: dict[str, list[str]] = {}
+    for f in dicom_files(cohort / "dicom"):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        if ds.Modality == "MR" and "ImageOrientationPatient" in ds:
+            by_series.setdefault(str(ds.SeriesInstanceUID), []).append(str(f))
+    files = max(by_series.values(), key=len)
+    source, contours, *_ = frames_and_circles(files, (6.0,))
+    path = write_rtstruct(tmp_path / "rt.dcm", source, {"lesion": contours})
+    stored_beside(path, source[0], 901)
+    rt = pydicom.dcmread(path)
+    pacs.make_client(settings(server, store_port, "dicomweb").pacs).store_instances([rt])
+    query = {"pacs": {"query": {"modalities": ["MR"]}}}
+    for in_cohort in (False, True):
+        private = private_dir(tmp_path, f"p{in_cohort}")
+        cfg = settings(server, store_port, "dimse", private, masks={"in_cohort": in_cohort}, **query)
+        rows = retrieve.run(cfg, tmp_path / f"r{in_cohort}.tsv")
+        mine = [r for r in rows if r["modality"] == "RTSTRUCT"]
+        print(in_cohort, mine)
+        assert len(mine) == 1
+        if not in_cohort:
+            assert mine[0]["status"] == "not_retrieved" and mine[0]["reason"].startswith("modality not in")
+    assert mine[0]["status"] == "retrieved" and mine[0]["n_retrieved"] == 1
+    pseudo = from_settings(private, cfg.pseudonym)
+    df, maps = build_index(retrieve.raw_dir(private), pseudo, "post[ _-]?op", 0.2, workers=1)
+    found = cohort_masks(df, maps["series_files"])
+    subject = pseudo.subject(str(rt.PatientID))
+    assert list(found) == [subject] and len(found[subject]) == 1 and found[subject][0].endswith(f"{rt.SOPInstanceUID}.dcm")

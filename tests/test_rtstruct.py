@@ -1,8 +1,11 @@
 """Masks stored as RTSTRUCT: a polygon of a known shape rasterises within one voxel on axial, oblique and sagittal
 series (holes by the even-odd rule); rt-utils' phantom reads, its two RTSTRUCTs with broken references get their
-reason; another image's RTSTRUCT, an undeclared, empty or overlapping ROI and an off-grid contour are refused."""
+reason; another image's RTSTRUCT, an undeclared, empty or overlapping ROI and an off-grid contour are refused;
+RTSTRUCTs stored in the cohort itself (masks.in_cohort) are found and the one of the selected series used."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from cohortseg import dicomseg
 from cohortseg.convert import ConversionError, convert_series, import_mask
 from cohortseg.rtstruct import RTSTRUCT_CLASS, RTStructError, label_values, rtstruct_to_label
-from tests.conftest import need_shared
+from tests.conftest import REPO, need_shared
 from tests.test_dicomseg import targets  # noqa: F401 - the fixture
 from tests.test_prepare import cli as prepare_cli
 from tests.test_prepare import cohort  # noqa: F401 - the fixture
@@ -198,3 +201,62 @@ def test_prepare_reads_an_rtstruct_mask_and_reports_one_of_another_image(cohort)
     label = nib.load(str(wd / "results" / "nifti" / good / "label.nii.gz"))
     image = nib.load(str(wd / "results" / "nifti" / good / "image.nii.gz"))
     assert np.allclose(label.affine, image.affine) and set(np.unique(np.asanyarray(label.dataobj))) == {0, 1}
+
+
+def stored_beside(path: Path, source_first, series_number: int) -> None:
+    """The RTSTRUCT made an object of the source's patient and study, in a series of its own (as a PACS holds it)."""
+    ds = pydicom.dcmread(str(path))
+    for key in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "StudyDate", "StudyTime",
+                "AccessionNumber", "StudyID"):
+        if key in source_first:
+            setattr(ds, key, source_first.get(key))
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.InstanceNumber = generate_uid(), series_number, 1
+    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+
+
+def test_masks_in_the_cohort_are_found_and_the_fitting_one_is_used(cohort):  # noqa: F811
+    """masks.in_cohort, no mask files: RTSTRUCTs stored in the export beside the images belong to their patient's
+    subject; `prepare` uses the first that references the selected series (here the second of two: the first
+    was drawn on another image), and a subject whose only object fits nothing fails with each object's reason."""
+    wd, groups = cohort
+    shard, subjects = max(groups.items(), key=lambda kv: len(kv[1]))
+    good, bad = subjects[0], subjects[-1]
+    series_files = json.loads((wd / "private" / "series_files.json").read_text())
+    included = pd.read_csv(wd / "results" / "cohort" / "included.tsv", sep="\t").set_index("subject")
+    (wd / "data" / "tiny" / "dicom" / "objects").mkdir()
+    for subject, kinds in ((good, ("other", "own")), (bad, ("other",))):
+        files = [str(wd / f) for f in series_files[included.loc[subject, "series"]]]
+        source, contours, voxels, inside, _ = frames_and_circles(files, (6.0,))
+        for n, kind in enumerate(kinds, start=1):
+            uids = {"series_uid": generate_uid(), "frame_uid": generate_uid()} if kind == "other" else {}
+            path = write_rtstruct(wd / "data" / "tiny" / "dicom" / "objects" / f"{subject}_{n}.dcm", source,
+                                  {"lesion": contours}, **uids)
+            stored_beside(path, source[0], 900 + n)
+        if subject == good:
+            expected = (voxels, inside)
+    settings = json.dumps({"prepare": {"subjects_per_job": 3}, "masks": {"dir": None, "in_cohort": True}})
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cohortseg.cli", *args, "-c", str(REPO / "tests" / "config" /
+                               "tiny.yaml"), "--set", settings], cwd=wd, capture_output=True, text=True)
+
+    for stage in ("index", "select"):
+        assert run(stage).returncode == 0
+    masks = json.loads((wd / "private" / "masks.json").read_text())
+    assert sorted(masks) == sorted([good, bad]) and [len(masks[good]), len(masks[bad])] == [2, 1], masks
+    subjects_tsv = pd.read_csv(wd / "results" / "cohort" / "subjects.tsv", sep="\t").set_index("subject")
+    assert set(subjects_tsv.index[subjects_tsv["has_mask"]]) == {good, bad}
+    proc = run("prepare", "--shard", shard)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (f"{bad}: none of the 1 mask objects in the cohort fits the selected series (object 1: RTSTRUCT mask: "
+            "references 1 series, none of them the selected series") in proc.stderr, proc.stderr
+    assert f"{good}: mask from the cohort's mask object 2 of 2" in proc.stderr
+    label = np.asanyarray(nib.load(str(wd / "results" / "nifti" / good / "label.nii.gz")).dataobj)
+    voxels, inside = expected
+    got = label[voxels[..., 0], voxels[..., 1], voxels[..., 2]] > 0
+    print(f"{good}: {int(got.sum())} voxels from its second RTSTRUCT, {int(inside.sum())} exact, "
+          f"{int((got != inside).sum())} differ")
+    assert got.sum() > 0 and (got == inside).mean() > 0.99
+    others = [s for s in subjects if s not in (good, bad)]
+    assert all((wd / "results" / "nifti" / s / "image.nii.gz").exists() and
+               not (wd / "results" / "nifti" / s / "label.nii.gz").exists() for s in others)
