@@ -179,18 +179,25 @@ class DimseClient:
         return len(missing)
 
     def _move_failed(self, code: int, status: Any) -> None:
-        """A failed C-MOVE. Before any instance has been moved, a refusal is taken for the configuration (PACSs
-        answer an unknown destination with A801 as the standard says, or, like Orthanc, C000 "unable to
-        process"): every stage stops with the status and what to check. Later it is this instance's failure,
-        retried, then recorded for its series."""
+        """A C-MOVE that did not complete. B000 (some sub-operations failed) is left to the caller, which
+        sees what did not arrive. A refusal before anything was attempted, on this client's first C-MOVE,
+        is taken for the configuration (PACSs answer an unknown destination with A801 as the standard says,
+        or, like Orthanc, C000 "unable to process", with no sub-operation): every stage stops with the
+        status and what to check. Otherwise it is this request's failure: retried, then recorded for the
+        series."""
+        if code == 0xB000:
+            return
         d = self.settings.dimse
+        attempted = sum(int(getattr(status, k, 0) or 0) for k in ("NumberOfCompletedSuboperations",
+                                                                    "NumberOfFailedSuboperations",
+                                                                    "NumberOfWarningSuboperations"))
         comment = str(getattr(status, "ErrorComment", "") or "")
-        if not self.moved and 0xA000 <= code <= 0xCFFF:
+        if not self.moved and not attempted and 0xA000 <= code <= 0xCFFF:
             raise AuthError(f"the PACS {self.where} refused to move the first instance to '{d.calling_aet}' (C-MOVE "
                             f"status 0x{code:04X}{': ' + comment if comment else ''}): check that it lists that AE "
                             f"title as a move destination at this host and port {d.store_port} "
                             "(pacs.dimse.calling_aet, pacs.dimse.store_port)")
-        raise Unavailable(f"the PACS {self.where} could not move the instance (C-MOVE status 0x{code:04X})")
+        raise Unavailable(f"the PACS {self.where} could not move the instances (C-MOVE status 0x{code:04X})")
 
     def store_instances(self, datasets: list[Any]) -> None:
         """C-STORE of each dataset, proposing its own SOP class and transfer syntax."""

@@ -125,11 +125,29 @@ def retrieve_series(client: Any, study_uid: str, series_uid: str, folder: Path, 
             raise TimeoutError
         ds, _ = with_retries(lambda u=uid: client.retrieve_instance(  # type: ignore[misc]
             study_uid, series_uid, u, media_types=AS_STORED), settings, "retrieve an instance")
+        if why := damaged(ds):
+            raise PacsError(f"an instance of the series is damaged in the PACS: {why}")
         with atomic_path(target, mode=PRIVATE_MODE) as tmp:
             ds.save_as(tmp)
         new += 1
         progress.update(1)
     return len(uids), new, held
+
+
+def damaged(ds: Any) -> str:
+    """Why a received instance cannot be whole ("" = it can): uncompressed pixel data shorter than Rows x
+    Columns x frames x samples x bits says the PACS served a truncated file (pydicom reads what there is)."""
+    if "PixelData" not in ds or not hasattr(ds, "file_meta") or ds.file_meta.get("TransferSyntaxUID") is None:
+        return ""
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        return ""
+    try:
+        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+                    * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated) // 8)
+    except (AttributeError, TypeError, ValueError):
+        return ""
+    got = len(ds.PixelData)
+    return f"pixel data {got} of {expected} bytes" if got < expected else ""
 
 
 def _move_series(client: Any, study_uid: str, series_uid: str, uids: list[str], folder: Path, settings: PacsSettings,

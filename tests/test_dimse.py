@@ -31,6 +31,7 @@ def dimse_pacs(tmp_path_factory):
     store_port = orthanc.free_port()
     server = orthanc.start(tmp_path_factory.mktemp("orthanc_dimse"), extra={
         "DicomCheckCalledAet": True, "DicomAlwaysAllowFind": True, "DicomAlwaysAllowMove": True,
+        "MaximumStorageCacheSize": 0,  # every read from its storage folder (the damaged-instance test)
         "DicomModalities": {"cohortseg": [AET, "127.0.0.1", store_port]}})
     cohort = tmp_path_factory.mktemp("cohort5") / "c"
     generate(cohort, n_subjects=5, seed=5, phi_marker="ZQXPHI", size="tiny")
@@ -196,3 +197,47 @@ def test_masks_stored_in_the_pacs_are_retrieved_and_found(dimse_pacs, tmp_path):
     found = cohort_masks(df, maps["series_files"])
     subject = pseudo.subject(str(rt.PatientID))
     assert list(found) == [subject] and len(found[subject]) == 1 and found[subject][0].endswith(f"{rt.SOPInstanceUID}.dcm")
+
+
+def test_a_corrupt_instance_in_the_pacs_fails_its_series_alone(dimse_pacs, tmp_path):
+    """One instance damaged in the PACS's own storage (truncated on disk, as a failing disk leaves it; Orthanc
+    refuses to store a truncated file, so the test truncates its stored copy). By DIMSE Orthanc cannot send it;
+    by DICOMweb it serves the file as stored and pydicom reads what there is, so retrieve checks the pixel data's
+    length. Either way that series fails with its reason, every other series is retrieved, and nothing of the
+    damaged instance is left in the raw folder."""
+    import requests
+
+    server, store_port, *_ = dimse_pacs
+    auth = (orthanc.USER, orthanc.PASSWORD)
+    series = [s for s in requests.get(f"{server.url}/series", auth=auth, timeout=10).json()]
+    victim_series = next(s for s in series if len(requests.get(f"{server.url}/series/{s}", auth=auth,
+                                                                  timeout=10).json()["Instances"]) > 3)
+    info = requests.get(f"{server.url}/series/{victim_series}", auth=auth, timeout=10).json()
+    instance = info["Instances"][1]
+    uuid = requests.get(f"{server.url}/instances/{instance}/attachments/dicom/info", auth=auth, timeout=10).json()["Uuid"]
+    stored = server.folder / "db" / uuid[:2] / uuid[2:4] / uuid
+    original = stored.read_bytes()
+    series_uid = info["MainDicomTags"]["SeriesInstanceUID"]
+    sop_uid = requests.get(f"{server.url}/instances/{instance}", auth=auth, timeout=10).json()["MainDicomTags"]["SOPInstanceUID"]
+    stored.write_bytes(original[: len(original) // 2])
+    try:
+        for protocol in ("dicomweb", "dimse"):
+            private = private_dir(tmp_path, protocol)
+            cfg = settings(server, store_port, protocol, private)
+            rows = retrieve.run(cfg, tmp_path / f"{protocol}.tsv")
+            pseudo_series = from_settings_of(private, cfg).series(series_uid)
+            failed = [r for r in rows if r["status"] == "failed"]
+            print(protocol, [(r["series"], r["reason"]) for r in failed])
+            held = list(retrieve.raw_dir(private).rglob(f"{sop_uid}*"))
+            print(protocol, "held:", [h.name for h in held])
+            assert [r["series"] for r in failed] == [pseudo_series] and not held
+            assert failed[0]["reason"].startswith("retrieval failed: ")
+            assert sum(r["status"] == "retrieved" for r in rows) == len(rows) - 1
+    finally:
+        stored.write_bytes(original)
+
+
+def from_settings_of(private: Path, cfg):
+    from cohortseg.pseudonym import from_settings
+
+    return from_settings(private, cfg.pseudonym)
