@@ -233,18 +233,20 @@ def _tool_version(tool: str) -> str:
 
 
 def import_mask(mask_path: str, image: nib.Nifti1Image, n_labels: int, label_names: tuple[str, ...] = (),
-                series_files: list[str] | None = None) -> tuple[nib.Nifti1Image, dict[str, Any]]:
+                series_files: list[str] | None = None,
+                label_codes: dict[str, Any] | None = None) -> tuple[nib.Nifti1Image, dict[str, Any]]:
     """Put a Slicer-exported mask on the converted image's grid (nearest neighbour where needed); a mask
     file that is a DICOM SEG is placed by its own frame geometry (cohortseg.dicommask), an RTSTRUCT is
     rasterised through the image's affine (cohortseg.rtstruct, its references checked against
-    ``series_files``, the selected series), segments/ROIs mapped to ``label_names`` (the config's labels)."""
+    ``series_files``, the selected series), segments/ROIs mapped to ``label_names`` (the config's labels;
+    SEG segments also by ``label_codes``, masks.segment_codes)."""
     from nibabel.processing import resample_from_to
 
     from .dicommask import is_dicom
 
     if is_dicom(mask_path):
         mask = nib.Nifti1Image(dicom_mask(mask_path, image, label_names or tuple(str(i) for i in range(1, n_labels + 1)),
-                                          series_files), image.affine)
+                                          series_files, label_codes), image.affine)
     else:
         mask = nib.load(mask_path)
     mdata = np.asanyarray(mask.dataobj)
@@ -329,7 +331,7 @@ def run_mask(n_labels: int, subject: str, image_nii: str | Path, masks_json: str
 
 
 def dicom_mask(mask_path: str, image: nib.Nifti1Image, labels: tuple[str, ...],
-               series_files: list[str] | None) -> np.ndarray:
+               series_files: list[str] | None, label_codes: dict[str, Any] | None = None) -> np.ndarray:
     """A mask stored as DICOM (SEG or RTSTRUCT) as a label array of the image's grid."""
     import pydicom
 
@@ -346,18 +348,19 @@ def dicom_mask(mask_path: str, image: nib.Nifti1Image, labels: tuple[str, ...],
         except RTStructError as exc:
             raise ConversionError(f"RTSTRUCT mask: {exc}") from None
     try:
-        return seg_to_label(mask_path, image.affine, image.shape, labels, series_files)
+        return seg_to_label(mask_path, image.affine, image.shape, labels, series_files, label_codes)
     except MaskError as exc:
         raise ConversionError(f"DICOM SEG mask: {exc}") from None
 
 
 def mask_subject(n_labels: int, subject: str, image_nii: str | Path, mask_path: str, label_out: str | Path,
-                 label_names: tuple[str, ...] = (), series_files: list[str] | None = None) -> None:
+                 label_names: tuple[str, ...] = (), series_files: list[str] | None = None,
+                 label_codes: dict[str, Any] | None = None) -> None:
     """The radiologist's mask (NIfTI/NRRD, or DICOM SEG) on the converted image's grid (nearest neighbour
     where it differs)."""
     image = nib.load(str(image_nii))
     try:
-        lab, info = import_mask(mask_path, image, n_labels, label_names, series_files)
+        lab, info = import_mask(mask_path, image, n_labels, label_names, series_files, label_codes)
     except ConversionError as exc:
         raise ConversionError(f"{subject} mask: {exc}") from None
     save_nifti(lab, label_out)

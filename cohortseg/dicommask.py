@@ -5,7 +5,8 @@ an RTSTRUCT goes to ``rtstruct``).
 Each frame of the SEG carries its own plane (position, orientation, pixel spacing), so the mask is placed by
 its own geometry, not by the order of the source slices: every pixel maps to a voxel centre of the image
 (``dicomgeom``; a SEG of another grid is refused with how far off it lies). Segments map to the config's
-``labels`` by segment label (case-insensitive); a generic label ("Segment_1") maps by its segment number.
+``labels`` by segment label (case-insensitive), else by its segmented property type code (masks.segment_codes);
+a generic label ("Segment_1") maps by its segment number.
 Refused with the reason: a SEG that references neither the selected series nor its frame of reference (or
 names instances the series does not hold), a segment label the config does not declare, an empty segment,
 segments that overlap, frames outside the image. FRACTIONAL segments count where the fraction is at least one half.
@@ -41,18 +42,38 @@ def is_dicom(path: str | Path) -> bool:
 GENERIC = re.compile(r"^(segment[ _-]?)?\d+$", re.I)  # "Segment_1", "segment 2", "3": no name, a number
 
 
-def label_values(segments: dict[int, str], labels: tuple[str, ...]) -> dict[int, int]:
-    """Segment number -> label value (1-based index in ``labels``): by segment label (case-insensitive);
-    a generic label ("Segment_1", "2") by its segment number."""
+def label_values(segments: dict[int, str], labels: tuple[str, ...],
+                 codes: dict[int, tuple[str, str]] | None = None,
+                 label_codes: dict[str, Any] | None = None) -> dict[int, int]:
+    """Segment number -> label value (1-based index in ``labels``): by segment label (case-insensitive); else by
+    its segmented property type code (``codes``: number -> (value, scheme)) among ``masks.segment_codes``
+    (``label_codes``: label -> [[value, scheme], ...]); else a generic label ("Segment_1", "2") by its number."""
     wanted = {name.lower(): i + 1 for i, name in enumerate(labels)}
+    by_code = {(str(v), str(scheme).upper()): wanted[name.lower()] for name, pairs in (label_codes or {}).items()
+               if name.lower() in wanted for v, scheme in pairs}
     out = {}
     for number, name in sorted(segments.items()):
+        code = (codes or {}).get(number)
         if name.lower() in wanted:
             out[number] = wanted[name.lower()]
+        elif code is not None and (code[0], code[1].upper()) in by_code:
+            out[number] = by_code[(code[0], code[1].upper())]
         elif GENERIC.match(name.strip()) and number <= len(labels):
             out[number] = number
         else:
-            raise MaskError(f"segment {number} {name!r} is not declared in the config's labels {list(labels)}")
+            what = f" (code {code[0]} {code[1]})" if code else ""
+            raise MaskError(f"segment {number} {name!r}{what} is not declared in the config's labels {list(labels)}"
+                            + (" nor in masks.segment_codes" if label_codes else ""))
+    return out
+
+
+def segment_codes(seg: Any) -> dict[int, tuple[str, str]]:
+    """Segment number -> (code value, coding scheme) of its segmented property type, where it has one."""
+    out = {}
+    for s in seg.SegmentSequence:
+        item = (s.get("SegmentedPropertyTypeCodeSequence") or [None])[0]
+        if item is not None and item.get("CodeValue"):
+            out[int(s.SegmentNumber)] = (str(item.CodeValue), str(item.get("CodingSchemeDesignator", "")))
     return out
 
 
@@ -106,7 +127,7 @@ def check_references(seg: Any, files: list[str] | None) -> None:
 
 
 def seg_to_label(path: str | Path, affine: np.ndarray, shape: tuple[int, ...], labels: tuple[str, ...],
-                 series_files: list[str] | None = None) -> np.ndarray:
+                 series_files: list[str] | None = None, label_codes: dict[str, Any] | None = None) -> np.ndarray:
     """The SEG at ``path`` as a uint8 label volume of the image grid (``affine``, ``shape``); ``series_files``:
     the selected series' DICOM files, for the reference check (None: geometry only)."""
     import highdicom as hd
@@ -121,7 +142,7 @@ def seg_to_label(path: str | Path, affine: np.ndarray, shape: tuple[int, ...], l
     segments = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence if int(s.SegmentNumber) > 0}
     if not segments:
         raise MaskError("the SEG declares no segment")
-    values = label_values(segments, labels)
+    values = label_values(segments, labels, segment_codes(seg), label_codes)
     pixels = np.asarray(seg.pixel_array)
     if pixels.ndim == 2:
         pixels = pixels[None]

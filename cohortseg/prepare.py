@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .settings import ConvertSettings, PrepareSettings, PrivacySettings, PseudonymSettings, StageConfig
+from .settings import ConvertSettings, MaskSettings, PrepareSettings, PrivacySettings, PseudonymSettings, StageConfig
 from .util import read_rows, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class Config(StageConfig):
     prepare: PrepareSettings
     pseudonym: PseudonymSettings
     privacy: PrivacySettings
+    masks: MaskSettings
 
 
 @dataclass(frozen=True)
@@ -184,12 +185,14 @@ def import_mask_of(config: Config, subject: str, out: dict[str, str], mask: str 
 
     series_files = files if config.source != "nifti" else None
     if isinstance(mask, str):
-        mask_subject(len(config.labels), subject, out["image"], mask, out["label"], config.labels, series_files)
+        mask_subject(len(config.labels), subject, out["image"], mask, out["label"], config.labels, series_files,
+                     config.masks.segment_codes)
         return
     reasons = []
     for n, candidate in enumerate(mask, start=1):
         try:
-            mask_subject(len(config.labels), subject, out["image"], candidate, out["label"], config.labels, series_files)
+            mask_subject(len(config.labels), subject, out["image"], candidate, out["label"], config.labels, series_files,
+                         config.masks.segment_codes)
             log.info("%s: mask from the cohort's mask object %d of %d", subject, n, len(mask))
             return
         except ConversionError as exc:

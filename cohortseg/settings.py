@@ -93,6 +93,7 @@ class NiftiSettings(Settings):
 class MaskSettings(Settings):
     dir: str | None
     pattern: str
+    segment_codes: dict  # type: ignore[type-arg]  # label -> [[code value, scheme], ...]
     in_cohort: bool
 
 

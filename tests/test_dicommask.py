@@ -71,7 +71,7 @@ def test_overlapping_segments_are_refused():
 def test_undeclared_label_and_other_grid_are_refused():
     root = need_shared("seg/dcmqi")
     img = series(root / "ct-3slice")
-    with pytest.raises(MaskError, match="segment 1 'Liver' is not declared in the config's labels \\['lesion'\\]"):
+    with pytest.raises(MaskError, match=r"segment 1 'Liver' \(code T-62000 SRT\) is not declared in the config's labels \['lesion'\]"):
         seg_to_label(root / "liver.dcm", img.affine, img.shape, ("lesion",))
     other = series(root / "23x38x3" / "image")
     with pytest.raises(MaskError, match="does not lie on the selected series' grid"):
@@ -116,3 +116,20 @@ def test_seg_of_another_image_or_another_version_of_the_series_is_refused():
         seg_to_label(root / "liver.dcm", img.affine, img.shape, ("liver",), other)
     with pytest.raises(ConversionError, match="DICOM SEG mask: the SEG names 1 instance.* does not hold"):
         import_mask(str(root / "liver.dcm"), img, 1, ("liver",), own[:2])
+
+
+def test_segments_map_by_their_code_when_their_label_is_not_a_configured_name(targets, tmp_path):  # noqa: F811
+    """A SEG whose segment is labelled 'lesion' and coded SCT 108369006 (Neoplasm), read for a config that calls the
+    label 'tumour': refused with the code in the reason, mapped once masks.segment_codes lists the code."""
+    from cohortseg import dicomseg
+
+    files, img, lab = targets[("axial", False)]
+    nib.save(lab, str(tmp_path / "p.nii.gz"))
+    codes = {"lesion": {"category": ["49755003", "SCT", "Morphologically Altered Structure"],
+                        "type": ["108369006", "SCT", "Neoplasm"]}}
+    dicomseg.write_subject_seg(tmp_path / "p.nii.gz", files, tmp_path / "s.dcm", ("lesion",), codes, "m", "m")
+    with pytest.raises(ConversionError, match=r"segment 1 'lesion' \(code 108369006 SCT\) is not declared in the "
+                                              r"config's labels \['tumour'\]"):
+        import_mask(str(tmp_path / "s.dcm"), img, 1, ("tumour",), files)
+    got, _ = import_mask(str(tmp_path / "s.dcm"), img, 1, ("tumour",), files, {"tumour": [["108369006", "sct"]]})
+    assert np.array_equal(np.asanyarray(got.dataobj), np.asanyarray(lab.dataobj))
