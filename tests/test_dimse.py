@@ -241,3 +241,38 @@ def from_settings_of(private: Path, cfg):
     from cohortseg.pseudonym import from_settings
 
     return from_settings(private, cfg.pseudonym)
+
+
+def test_move_statuses_are_read_as_the_standard_defines_them(monkeypatch):
+    """The C-MOVE statuses a PACS other than Orthanc answers: A801 (destination unknown) stops the stage by name;
+    B000 (some sub-operations failed) leaves the missing instances to the caller; a failure after a first
+    successful move is retried (Unavailable), not taken for the configuration."""
+    from pydicom import Dataset
+
+    from cohortseg.dimse import DimseClient
+
+    cfg = validate({"pacs": {"protocol": "dimse", "dimse": {"host": "pacs.example", "called_aet": "PACS"}}})
+    client = DimseClient(retrieve.Config.from_config(cfg).pacs)
+
+    def answering(*codes: int, completed: int = 0):
+        class Assoc:
+            def send_c_move(self, *args):
+                for code in codes:
+                    status = Dataset()
+                    status.Status, status.NumberOfCompletedSuboperations = code, completed
+                    yield status, None
+
+            def release(self):
+                pass
+        monkeypatch.setattr(client, "_associate", lambda ae=None: Assoc())
+
+    answering(0xA801)
+    with pytest.raises(pacs.AuthError, match=r"does not know the move destination 'COHORTSEG' \(C-MOVE status "
+                                             r"0xA801\): register that AE title .* port 11112"):
+        client._move(Dataset())
+    answering(0xFF00, 0xB000, completed=3)
+    client._move(Dataset())  # partial: the caller counts what arrived
+    assert client.moved
+    answering(0xC000)
+    with pytest.raises(pacs.Unavailable, match=r"could not move the instances \(C-MOVE status 0xC000\)"):
+        client._move(Dataset())
