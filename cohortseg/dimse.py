@@ -36,6 +36,12 @@ LEVEL_KEYS = {"STUDY": ("StudyInstanceUID", "PatientID", "StudyDate"),
               "IMAGE": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
 
 
+def _with_timeouts(ae: Any, seconds: float) -> Any:
+    """``ae`` with every association step (ACSE, DIMSE, network) bounded by ``pacs.timeout_s``."""
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = seconds
+    return ae
+
+
 class DimseClient:
     """C-FIND / C-MOVE / C-STORE against ``pacs.dimse``; the subset of dicomweb-client's API the stages use."""
 
@@ -50,9 +56,7 @@ class DimseClient:
         self.settings, self.where = settings, f"{d.called_aet}@{d.host}:{d.port}"
         self.find_model = StudyRootQueryRetrieveInformationModelFind
         self.move_model = StudyRootQueryRetrieveInformationModelMove
-        self.ae = AE(ae_title=d.calling_aet)
-        for timeout in ("acse_timeout", "dimse_timeout", "network_timeout"):
-            setattr(self.ae, timeout, settings.timeout_s)
+        self.ae = _with_timeouts(AE(ae_title=d.calling_aet), settings.timeout_s)
         self.ae.add_requested_context(self.find_model)
         self.ae.add_requested_context(self.move_model)
         self.received: dict[str, Any] = {}
@@ -204,9 +208,7 @@ class DimseClient:
         from pynetdicom import AE
 
         for ds in datasets:
-            ae = AE(ae_title=self.settings.dimse.calling_aet)
-            for timeout in ("acse_timeout", "dimse_timeout", "network_timeout"):
-                setattr(ae, timeout, self.settings.timeout_s)
+            ae = _with_timeouts(AE(ae_title=self.settings.dimse.calling_aet), self.settings.timeout_s)
             ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
             assoc = self._associate(ae)
             try:
@@ -228,7 +230,7 @@ class DimseClient:
         scp = AE(ae_title=self.settings.dimse.calling_aet)
         for cx in StoragePresentationContexts:
             scp.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        scp.network_timeout = scp.dimse_timeout = self.settings.timeout_s
+        _with_timeouts(scp, self.settings.timeout_s)
         scp.maximum_pdu_size = 0  # no limit: pynetdicom's default (16 kB) splits every image into many PDUs
         try:
             self.server = scp.start_server(("", self.settings.dimse.store_port), block=False,

@@ -4,9 +4,8 @@ cohortseg.dimse, behind the same calls), credentials from the environment or a f
 and one retry policy.
 
 Retries: connection errors, time-outs, server errors (5xx) and a DIMSE peer that does not answer (Unavailable)
-are retried ``pacs.retries`` times with
-doubling back-off (1, 2, 4 ... s); dicomweb-client's own retrying is switched off so that the two do not
-multiply. Authentication failures (401/403) and other refusals (4xx) are not retried: they are a PacsError
+are retried ``pacs.retries`` times with doubling back-off (1, 2, 4 ... s); dicomweb-client's own retrying is
+switched off so that the two do not multiply. Authentication failures (401/403) and other refusals (4xx) are not retried: they are a PacsError
 naming what to fix.
 """
 
