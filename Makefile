@@ -54,7 +54,7 @@ demo: $(STAMP) $(DEMO_DATA)/cohort.json
 	echo "  DICOM SEG:       private/dicomseg/ (identified, for the PACS; checks in results/dicomseg/)"; \
 	echo "  model package:   results/model/ (selected weights, MODEL_CARD.md, checksums; cohortseg infer --package)"; \
 	echo ""; cat results/cohort/summary.txt; echo ""; \
-	$(BIN)/python -m cohortseg.show results
+	$(BIN)/cohortseg show results
 
 # the plan of the demo: header index, selection, split, conversion and the dataset/model plans run
 # (seconds; the plans are printed first), then a dry run prints the

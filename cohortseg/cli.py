@@ -170,17 +170,30 @@ def cmd_study(a: argparse.Namespace) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    from .compare import Config, Outputs, run
+    from .compare import Config, Outputs, incomplete_lines, incomplete_rows, missing_folds, run
     from .config import model_names
 
     cfg = _cfg(a)
-    folds = [Path(a.models) / m / f"fold{k}" for m in model_names(cfg) for k in range(cfg["split"]["folds"])]
+    n_folds = cfg["split"]["folds"]
+    missing = missing_folds(a.models, model_names(cfg), n_folds)
+    complete = [m for m, ks in missing.items() if not ks]
+    for line in incomplete_lines(missing, set(complete), n_folds):
+        print(line, file=sys.stderr)
+    if not complete:
+        raise SystemExit("no model has all its folds trained: nothing to compare")
+    folds = [Path(a.models) / m / f"fold{k}" for m in complete for k in range(n_folds)]
     out = Path(a.out)
     run(Config.from_config(cfg), str(Path(a.metrics) / "cases.tsv"), str(Path(a.metrics) / "timing.tsv"),
         [str(f / "train.json") for f in folds], [str(f / "history.tsv") for f in folds],
         Outputs(str(out / "comparison.tsv"), str(out / "pairs.tsv"), str(out / "models.tsv"),
-                str(out / "learning_curves.png")))
+                str(out / "learning_curves.png")), incomplete_rows(missing, n_folds))
     print((out / "comparison.tsv").read_text())
+
+
+def cmd_show(a: argparse.Namespace) -> None:
+    from .show import main
+
+    raise SystemExit(main(a.results))
 
 
 def cmd_package(a: argparse.Namespace) -> None:
@@ -411,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--metrics", default="results/metrics")
     sp.add_argument("--models", default="results/models")
     sp.add_argument("--out", default="results/study")
+
+    sp = add("show", cmd_show, "print the comparison and the selection, and name every declared model left out "
+             "(exit status 1 then)", config=False)
+    sp.add_argument("results", nargs="?", default="results")
 
     sp = add("package", cmd_package, "the model package: the selected models' weights, selection, plans, config, "
                                      "model card and checksums, in results/model/<study>-v<version>/")

@@ -9,7 +9,9 @@
 - ``models.tsv``: per model: family, parameters, epochs, training time per fold, prediction time per case,
   peak training memory, and the validation Dice of the final epoch against the selected (best) epoch, per
   fold averaged (the selected epoch is chosen on the fold's validation subjects, so its figure is
-  optimistic; the pooled CV figures are computed with the selected epochs).
+  optimistic; the pooled CV figures are computed with the selected epochs). A declared model with a fold
+  that did not finish training (``cohortseg compare`` run by hand after a failed fold) is a row of its own:
+  ``folds`` counts its finished folds, ``missing_folds`` lists the others, and it is compared nowhere.
 - ``learning_curves.png``: every model's folds on one figure (training loss, validation Dice).
 """
 
@@ -147,8 +149,40 @@ def model_table(train_infos: list[str], histories: list[str], timing: list[dict[
                      "predict_seconds_per_case": float(np.median(pred)) if pred else np.nan,
                      "peak_train_memory_mb": float(np.nanmax(m["peak"])),
                      "val_dice_final_epoch": float(np.mean(m["final"])),
-                     "val_dice_selected_epoch": float(np.mean(m["selected"]))})
+                     "val_dice_selected_epoch": float(np.mean(m["selected"])), "missing_folds": ""})
     return rows
+
+
+FOLD_FILES = ("model.pt", "train.json", "history.tsv")
+
+
+def missing_folds(models_dir: str | Path, models: list[str], n_folds: int) -> dict[str, list[int]]:
+    """{model: its folds whose training did not finish} for every declared model (an empty list when all did).
+    A fold is finished when its weights, ``train.json`` and ``history.tsv`` exist (train writes them last)."""
+    root = Path(models_dir)
+    return {m: [k for k in range(n_folds) if not all((root / m / f"fold{k}" / f).is_file() for f in FOLD_FILES)]
+            for m in models}
+
+
+def incomplete_rows(missing: dict[str, list[int]], n_folds: int) -> list[dict[str, Any]]:
+    """models.tsv rows of the models with a missing fold: how many folds finished and which did not."""
+    return [{"model": m, "folds": n_folds - len(ks), "missing_folds": ",".join(map(str, ks))}
+            for m, ks in missing.items() if ks]
+
+
+def incomplete_lines(missing: dict[str, list[int]], compared: set[str], n_folds: int) -> list[str]:
+    """What to tell a user of each declared model that the comparison leaves out, and why."""
+    lines = []
+    for m, ks in missing.items():
+        if ks:
+            folds = ", ".join(f"fold{k}" for k in ks)
+            lines.append(f"{m}: INCOMPLETE, {len(ks)} of {n_folds} folds did not finish training ({folds}: no "
+                         f"{', '.join(FOLD_FILES)}); it is in no comparison and no ensemble: see its training "
+                         f"logs and rerun the workflow")
+        elif m not in compared:
+            lines.append(f"{m}: all {n_folds} folds trained, not yet compared (the workflow stopped before "
+                         f"compare): rerun the workflow")
+    return lines
 
 
 def learning_curves(train_infos: list[str], histories: list[str], out: str | Path) -> None:
@@ -183,7 +217,8 @@ SUMMARY_COLUMNS = ["model", "set", "label", "metric", "n", "mean", "sd", "median
 PAIR_COLUMNS = ["set", "label", "metric", "model_a", "model_b", "n_pairs", "median_diff", "ci_low", "ci_high",
                 "wilcoxon_p", "holm_p"]
 MODEL_COLUMNS = ["model", "family", "n_parameters", "folds", "epochs_mean", "train_seconds_per_fold", "train_seconds_total",
-                 "predict_seconds_per_case", "peak_train_memory_mb", "val_dice_final_epoch", "val_dice_selected_epoch"]
+                 "predict_seconds_per_case", "peak_train_memory_mb", "val_dice_final_epoch", "val_dice_selected_epoch",
+                 "missing_folds"]
 
 
 @dataclass(frozen=True)
@@ -195,14 +230,17 @@ class Outputs:
 
 
 def run(config: Config, cases_tsv: str, timing_tsv: str, train_infos: list[str], histories: list[str],
-        out: Outputs) -> list[dict[str, Any]]:
+        out: Outputs, incomplete: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Write the comparison of the models whose folds all finished (``incomplete``: models.tsv rows of the
+    others, from :func:`incomplete_rows`; their cases are left out of every table)."""
     labels = list(config.labels)
-    cases = [r for r in read_rows(cases_tsv) if r["set"] in ("cv", "test")]
+    left_out = {r["model"] for r in incomplete or []}
+    cases = [r for r in read_rows(cases_tsv) if r["set"] in ("cv", "test") and r["model"] not in left_out]
     grouped = groups(cases)
     summary = summary_table(grouped, labels, config.seed)
     write_rows(out.comparison, summary, SUMMARY_COLUMNS)
     write_rows(out.pairs, pair_table(grouped, labels, config.seed), PAIR_COLUMNS)
-    models = model_table(train_infos, histories, read_rows(timing_tsv))
+    models = model_table(train_infos, histories, read_rows(timing_tsv)) + list(incomplete or [])
     write_rows(out.models, models, MODEL_COLUMNS)
     learning_curves(train_infos, histories, out.curves)
     log.info("model comparison (Dice):\n%s", text_table(summary, models))
@@ -230,6 +268,9 @@ def text_table(summary: list[dict[str, Any]], models: list[dict[str, Any]]) -> s
         lines.append(f"{model:<16} {subset:<5} {label:<12} {ci:<26} {_num(hd['mean'], 2):>9} "
                      f"{_num(avg['mean'], 2):>7} {r['n']:>3}")
     for m in models:
+        if m.get("missing_folds"):
+            lines.append(f"{m['model']}: INCOMPLETE, folds {m['missing_folds']} did not finish training; not compared")
+            continue
         lines.append(f"{m['model']}: {m['n_parameters']} parameters, {_num(m['train_seconds_per_fold'], 1)} s per fold, "
                      f"{_num(m['predict_seconds_per_case'], 2)} s per case, peak memory {_num(m.get('peak_train_memory_mb'), 0)} MB, "
                      f"validation Dice final epoch {_num(m['val_dice_final_epoch'])} / selected epoch "

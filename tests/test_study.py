@@ -116,3 +116,61 @@ def test_pairs_on_the_same_cases() -> None:
     dice = next(p for p in pairs if p["metric"] == "dice")
     assert dice["model_a"] == "a" and dice["n_pairs"] == 12
     assert dice["median_diff"] == pytest.approx(0.1) and dice["holm_p"] < 0.01
+
+
+def _trained_fold(folder: Path, model: str, family: str, fold: int) -> None:
+    """The files a finished training leaves in results/models/<model>/fold<k>/ (weights are opaque bytes here)."""
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "model.pt").write_bytes(b"weights")
+    (folder / "train.json").write_text(json.dumps({
+        "model_name": model, "train": {"model": family}, "n_parameters": 1000, "fold": fold, "best_val_dice": 0.8,
+        "train_seconds_total": 10.0, "epochs_run": 3, "peak_memory_mb": 100.0}))
+    (folder / "history.tsv").write_text("epoch\ttrain_loss\tval_dice\n1\t0.9\t0.5\n2\t0.7\t0.8\n3\t0.6\t0.75\n")
+
+
+def test_comparison_names_a_model_with_a_missing_fold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A declared model whose fold 1 never finished training: `cohortseg compare` compares the complete model,
+    writes the incomplete one as a models.tsv row with its missing fold, and says so; `cohortseg show` names
+    it and exits 1; with both complete nothing is left out."""
+    import json
+
+    from cohortseg import show
+    from cohortseg.cli import main
+
+    r = tmp_path / "results"
+    (r / "plans").mkdir(parents=True)
+    (r / "plans" / "plans.json").write_text(json.dumps({"dataset": {}, "models": {"unet": {}, "segresnet": {}}}))
+    (r / "splits.json").write_text(json.dumps({"folds": [{"val": ["a", "b"]}, {"val": ["c", "d"]}], "test": ["e"]}))
+    for k in (0, 1):
+        _trained_fold(r / "models" / "unet" / f"fold{k}", "unet", "unet", k)
+    _trained_fold(r / "models" / "segresnet" / "fold0", "segresnet", "segresnet", 0)
+    (r / "metrics").mkdir()
+    rows = ["model\tset\tsubject\tlabel\tdice\tiou\thd95\tavg_hd\tvol_diff_pct"]
+    rows += [f"unet\tcv\t{s}\tlesion\t0.{80 + i}\t0.7\t2.0\t0.5\t3.0" for i, s in enumerate("abcd")]
+    rows += [f"segresnet\tcv\t{s}\tlesion\t0.5\t0.4\t5.0\t1.5\t9.0" for s in "ab"]  # fold 0 only: left out
+    (r / "metrics" / "cases.tsv").write_text("\n".join(rows) + "\n")
+    (r / "metrics" / "timing.tsv").write_text("step\tmodel\tseconds\npredict\tunet\t0.5\n")
+    args = ["compare", "--config", str(Path(__file__).parent / "config" / "tiny.yaml"), "--metrics",
+            str(r / "metrics"), "--models", str(r / "models"), "--out", str(r / "study")]
+    main(args)
+    err = capsys.readouterr().err
+    assert "segresnet: INCOMPLETE, 1 of 2 folds did not finish training (fold1" in err, err
+    comp = compare.read_rows(r / "study" / "comparison.tsv")
+    assert {row["model"] for row in comp} == {"unet"}
+    models = {row["model"]: row for row in compare.read_rows(r / "study" / "models.tsv")}
+    assert models["segresnet"]["folds"] == "1" and models["segresnet"]["missing_folds"] == "1"
+    assert models["unet"]["folds"] == "2" and models["unet"]["missing_folds"] == ""
+    assert show.main(str(r)) == 1
+    out = capsys.readouterr().out
+    assert "segresnet: INCOMPLETE, folds 1 did not finish training; not compared" in out, out
+    assert "not in the comparison:\n  segresnet: INCOMPLETE" in out, out
+    # the missing fold arrives: compare again, nothing is left out
+    _trained_fold(r / "models" / "segresnet" / "fold1", "segresnet", "segresnet", 1)
+    assert show.main(str(r)) == 1  # trained, but the comparison on disk predates it
+    assert "segresnet: all 2 folds trained, not yet compared" in capsys.readouterr().out
+    main(args)
+    assert "INCOMPLETE" not in capsys.readouterr().err
+    assert {row["model"] for row in compare.read_rows(r / "study" / "models.tsv")} == {"unet", "segresnet"}
+    assert show.main(str(r)) == 0
