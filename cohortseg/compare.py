@@ -171,14 +171,16 @@ def incomplete_rows(missing: dict[str, list[int]], n_folds: int) -> list[dict[st
 
 
 def incomplete_lines(missing: dict[str, list[int]], compared: set[str], n_folds: int) -> list[str]:
-    """What to tell a user of each declared model that the comparison leaves out, and why."""
+    """What to tell a user of each declared model the comparison leaves out or holds stale, and why
+    (``compared``: the models with complete rows in the comparison on disk)."""
     lines = []
     for m, ks in missing.items():
         if ks:
             folds = ", ".join(f"fold{k}" for k in ks)
+            where = ("the comparison's rows of it are from an earlier training, stale" if m in compared else
+                     "it is in no comparison and no ensemble")
             lines.append(f"{m}: INCOMPLETE, {len(ks)} of {n_folds} folds did not finish training ({folds}: no "
-                         f"{', '.join(FOLD_FILES)}); it is in no comparison and no ensemble: see its training "
-                         f"logs and rerun the workflow")
+                         f"{', '.join(FOLD_FILES)}); {where}: see its training logs and rerun the workflow")
         elif m not in compared:
             lines.append(f"{m}: all {n_folds} folds trained, not yet compared (the workflow stopped before "
                          f"compare): rerun the workflow")

@@ -40,7 +40,7 @@ def declared_models(results: Path) -> tuple[list[str], int] | None:
 
 
 def left_out_lines(results: Path, compared: set[str]) -> list[str]:
-    """A line per declared model the comparison does not hold, saying why."""
+    """A line per declared model the comparison does not hold as it is now, saying why."""
     declared = declared_models(results)
     if declared is None:
         return []
@@ -63,7 +63,7 @@ def main(results: str) -> int:
         print(f"no model comparison yet: {comparison} does not exist")
     left_out = left_out_lines(root, compared)
     if left_out:
-        print("\nnot in the comparison:")
+        print("\nincomplete or not compared:")
         print("\n".join(f"  {line}" for line in left_out))
     if (study / "selection.json").is_file():
         print()

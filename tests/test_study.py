@@ -165,7 +165,7 @@ def test_comparison_names_a_model_with_a_missing_fold(tmp_path: Path, capsys: py
     assert show.main(str(r)) == 1
     out = capsys.readouterr().out
     assert "segresnet: INCOMPLETE, folds 1 did not finish training; not compared" in out, out
-    assert "not in the comparison:\n  segresnet: INCOMPLETE" in out, out
+    assert "incomplete or not compared:\n  segresnet: INCOMPLETE" in out and "in no comparison" in out, out
     # the missing fold arrives: compare again, nothing is left out
     _trained_fold(r / "models" / "segresnet" / "fold1", "segresnet", "segresnet", 1)
     assert show.main(str(r)) == 1  # trained, but the comparison on disk predates it
@@ -174,3 +174,7 @@ def test_comparison_names_a_model_with_a_missing_fold(tmp_path: Path, capsys: py
     assert "INCOMPLETE" not in capsys.readouterr().err
     assert {row["model"] for row in compare.read_rows(r / "study" / "models.tsv")} == {"unet", "segresnet"}
     assert show.main(str(r)) == 0
+    # a fold lost after the comparison was made (retrained, failed): its rows on disk are called stale
+    (r / "models" / "segresnet" / "fold0" / "train.json").unlink()
+    assert show.main(str(r)) == 1
+    assert "segresnet: INCOMPLETE" in (out := capsys.readouterr().out) and "stale" in out, out
