@@ -56,6 +56,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 pre, budget, threads = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+iterations = int(sys.argv[4]) if len(sys.argv) > 4 else 0  # 0: the standard 250 (+ 50 validation) an epoch
 torch.set_num_threads(threads)
 
 
@@ -65,6 +66,8 @@ class BudgetTrainer(nnUNetTrainer):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 1000
+        if iterations:  # a model only to time prediction with (bench_predict.py), never to score
+            self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = iterations, 1
 
     def run_training(self):
         self.on_train_start()
@@ -90,6 +93,11 @@ class BudgetTrainer(nnUNetTrainer):
         return time.perf_counter() - t0
 
 
+# its output folder and checkpoint carry the standard trainer's name, whose network it builds unchanged, so
+# that nnUNetv2_predict finds the folder and rebuilds the network (it looks the trainer class up by name)
+BudgetTrainer.__name__ = BudgetTrainer.__qualname__ = "nnUNetTrainer"
+
+
 plans = load_json(f"{pre}/nnUNetPlans.json")
 plans["continue_training"] = False  # what nnunetv2.run.run_training.get_trainer_from_args sets
 dataset = load_json(f"{pre}/dataset.json")
@@ -110,41 +118,67 @@ def link_cases(folder: Path, names: list[str], images: bool) -> None:
             dst.symlink_to(src)
 
 
+def nnunet_env(work: Path, threads: int) -> dict[str, str]:
+    return {**os.environ, "nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
+            "nnUNet_results": str(work / "nnUNet_results"), "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": str(threads)}
+
+
+def nnunet_raw_dataset(work: Path, labels: list[str], cases: list[str]) -> None:
+    """Dataset004_Hippocampus in nnUNet_raw: links to ``cases`` (MSD names) and its dataset.json."""
+    ds = work / "nnUNet_raw" / "Dataset004_Hippocampus"
+    link_cases(ds / "imagesTr", cases, images=True)
+    link_cases(ds / "labelsTr", cases, images=False)
+    (ds / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MRI"}, "labels": {"background": 0, **{n: i + 1 for i, n in enumerate(labels)}},
+        "numTraining": len(cases), "file_ending": ".nii.gz"}))
+
+
+def nnunet_plan_and_preprocess(work: Path, python: Path, threads: int) -> float:
+    """``nnUNetv2_plan_and_preprocess -c 3d_fullres`` with ``threads`` processes for the fingerprint and the
+    preprocessing (its defaults are 8 of each); wall seconds."""
+    t0 = time.perf_counter()
+    subprocess.run([str(python.parent / "nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres",
+                    "-npfp", str(threads), "-np", str(threads)], check=True, env=nnunet_env(work, threads),
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def nnunet_train_fold0(work: Path, python: Path, fold: dict[str, list[str]], budget_s: float, threads: int,
+                       iterations: int = 0) -> dict:
+    """Fold 0 (``fold``: its train/val MSD names) by the standard trainer within ``budget_s`` (``iterations``:
+    fewer iterations an epoch, for a model that only times prediction)."""
+    pre = work / "nnUNet_preprocessed" / "Dataset004_Hippocampus"
+    (pre / "splits_final.json").write_text(json.dumps([fold]))
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(python), "-c", NNUNET_DRIVER, str(pre), str(budget_s), str(threads), str(iterations)],
+                          env=nnunet_env(work, threads), capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("NNUNET_RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"nnU-Net failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return {**json.loads(line.split(" ", 1)[1]), "train_job": seconds}
+
+
+def nnunet_predict(work: Path, python: Path, images: Path, out: Path, threads: int, *extra: str) -> float:
+    """``nnUNetv2_predict -f 0`` of the images in ``images`` (one process each for pre- and post-processing);
+    wall seconds, its start-up included."""
+    t0 = time.perf_counter()
+    subprocess.run([str(python.parent / "nnUNetv2_predict"), "-i", str(images), "-o", str(out), "-d", "4", "-c",
+                    "3d_fullres", "-f", "0", "-chk", "checkpoint_final.pth", "-device", "cpu", "-npp", "1", "-nps", "1",
+                    *extra], check=True, env=nnunet_env(work, threads), stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
 def run_nnunet(work: Path, python: Path, labels: list[str], cv: list[str], fold: dict[str, list[str]],
                test: list[str], budget_s: float, threads: int) -> dict:
     """nnU-Net v2: plan and preprocess the cross-validation cases, train fold 0 for ``budget_s``, predict
     the test cases; names are MSD case names."""
-    raw, pre, res = work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "nnUNet_results"
-    ds = raw / "Dataset004_Hippocampus"
-    link_cases(ds / "imagesTr", cv, images=True)
-    link_cases(ds / "labelsTr", cv, images=False)
+    nnunet_raw_dataset(work, labels, cv)
     link_cases(work / "nnunet_test_images", test, images=True)
-    (ds / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MRI"}, "labels": {"background": 0, **{n: i + 1 for i, n in enumerate(labels)}},
-        "numTraining": len(cv), "file_ending": ".nii.gz"}))
-    env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(res),
-           "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": str(threads)}
-    bindir = python.parent
-    times = {}
-    t0 = time.perf_counter()
-    subprocess.run([str(bindir / "nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres", "-np", str(threads)],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
-    times["plan_and_preprocess"] = time.perf_counter() - t0
-    (pre / "Dataset004_Hippocampus" / "splits_final.json").write_text(json.dumps([fold]))
-    t0 = time.perf_counter()
-    proc = subprocess.run([str(python), "-c", NNUNET_DRIVER, str(pre / "Dataset004_Hippocampus"), str(budget_s),
-                           str(threads)], env=env, capture_output=True, text=True)
-    times["train_job"] = time.perf_counter() - t0
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("NNUNET_RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"nnU-Net failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    out = json.loads(line.split(" ", 1)[1])
-    t0 = time.perf_counter()
-    subprocess.run([str(bindir / "nnUNetv2_predict"), "-i", str(work / "nnunet_test_images"), "-o",
-                    str(work / "nnunet_test_pred"), "-d", "4", "-c", "3d_fullres", "-f", "0", "-chk",
-                    "checkpoint_final.pth", "-device", "cpu", "-npp", "1", "-nps", "1"],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
-    times["predict"] = time.perf_counter() - t0
+    times = {"plan_and_preprocess": nnunet_plan_and_preprocess(work, python, threads)}
+    out = nnunet_train_fold0(work, python, fold, budget_s, threads)
+    times["train_job"] = out.pop("train_job")
+    times["predict"] = nnunet_predict(work, python, work / "nnunet_test_images", work / "nnunet_test_pred", threads)
     return {**out, "times": times, "predictions": {n: work / "nnunet_test_pred" / f"{n}.nii.gz" for n in test}}
 
 

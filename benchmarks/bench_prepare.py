@@ -1,0 +1,118 @@
+"""Preparing a cohort for training: cohortseg's workflow against nnU-Net v2's plan-and-preprocess, on the
+208 MSD Hippocampus cases (../shared/data/hippocampus), the same cores, in the same run.
+
+- cohortseg: ``snakemake --profile profiles/local --cores N --until plans``, then the preprocessing
+  shards' manifests as targets (known only once the split checkpoint has run), in a fresh work folder with
+  config/hippocampus.yaml and ``split.test_fraction: 0`` (so, like nnU-Net's raw dataset, every case is a
+  training case): the NIfTI cohort's index, selection, split, prepare (import and checks,
+  ``prepare.subjects_per_job`` as shipped), the per-case surveys, the dataset and model plans and the
+  preprocessing of every case to the plan's space. Every job's start-up and Snakemake's own (its DAG, its
+  job scheduling, twice) are counted.
+- nnU-Net v2 (``make nnunet-env``): the same 208 cases linked as Dataset004's raw dataset,
+  ``nnUNetv2_plan_and_preprocess -d 4 -c 3d_fullres -npfp N -np N`` (fingerprint, plans, preprocessing;
+  N processes each, its defaults are 8), its start-up counted the same way.
+
+Equal terms: the same N (default 2, the machine's cores), the same cases, both from their raw NIfTI files,
+a fresh output folder each, cohortseg first (the page cache warmed by cohortseg's reads helps nnU-Net).
+Prints key=value lines: both wall times, cohortseg's jobs per rule (from its Snakemake log) and, last, the
+headline ``ratio`` = cohortseg / nnU-Net wall time (target <= 1.0).
+Usage: .venv/bin/python benchmarks/bench_prepare.py [--cores 2] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
+
+from bench_hippocampus import DATA, nnunet_plan_and_preprocess, nnunet_raw_dataset  # noqa: E402
+
+LABELS = ["anterior", "posterior"]
+
+
+def workflow_copy(work: Path) -> Path:
+    """The workflow's files (Snakefile, rules, scripts, config, profiles, package) copied to a fresh folder,
+    which its jobs import the package from."""
+    wd = work / "cohortseg"
+    wd.mkdir(parents=True)
+    for name in ("Snakefile", "rules", "scripts", "config", "profiles", "envs", "report", "cohortseg"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, wd / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, wd / name)
+    return wd
+
+
+def snakemake(wd: Path, cores: int, extra: Path, *args: str) -> tuple[float, str]:
+    cmd = [str(Path(sys.executable).parent / "snakemake"), *args, "--profile", "profiles/local", "--cores",
+           str(cores), "--configfile", "config/hippocampus.yaml", str(extra)]  # last: --configfile takes 1+ values
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=wd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(wd)})
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return seconds, proc.stderr
+
+
+def run_cohortseg(wd: Path, cores: int) -> tuple[float, dict[str, int]]:
+    """Wall seconds of the workflow up to the plans and the preprocessing of every case, and its jobs per
+    rule. Two invocations: ``--until`` resolves its jobs before the split checkpoint has run, so the second
+    asks for the preprocessing shards' manifests by name (the workflow's own sharding of the cross-validation
+    subjects); its Snakemake start-up is counted against us."""
+    from cohortseg.config import load
+    from cohortseg.prepare import shards
+
+    extra = wd / "bench_prepare.yaml"
+    extra.write_text(json.dumps({"nifti": {"images": str(DATA / "imagesTr"), "labels": str(DATA / "labelsTr")},
+                                 "split": {"test_fraction": 0}}))
+    first, log1 = snakemake(wd, cores, extra, "--until", "plans")
+    conf = load(wd / "config" / "hippocampus.yaml", json.loads(extra.read_text()))
+    splits = json.loads((wd / "results" / "splits.json").read_text())
+    cv = sorted({s for f in splits["folds"] for s in f["train"] + f["val"]})
+    targets = [f"results/preprocessed/{sh}.json"
+               for sh in sorted(shards(cv, conf["pseudonym"]["prefix"], conf["prepare"]["subjects_per_job"]))]
+    second, log2 = snakemake(wd, cores, extra, *targets)
+    jobs = collections.Counter(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", log1 + log2, re.M))
+    if not jobs.get("preprocess"):
+        raise RuntimeError("no preprocess job ran")
+    return first + second, dict(jobs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one; must be empty)")
+    ap.add_argument("--nnunet-python", default=str(REPO / ".venv-nnunet" / "bin" / "python"))
+    args = ap.parse_args()
+    if not DATA.exists():
+        sys.exit(f"{DATA} is missing (see ../shared/README.md)")
+    nn_python = Path(args.nnunet_python)
+    if not nn_python.exists():
+        sys.exit(f"{nn_python} is missing: make nnunet-env")
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_prepare_"))
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (DATA / "imagesTr").glob("*.nii.gz") if not p.name.startswith("."))
+    ours, jobs = run_cohortseg(workflow_copy(work), args.cores)
+    nnunet_raw_dataset(work / "nnunet", LABELS, cases)
+    theirs = nnunet_plan_and_preprocess(work / "nnunet", nn_python, args.cores)
+    print(f"cases={len(cases)} cores={args.cores}")
+    print("cohortseg_jobs=" + ",".join(f"{rule}:{n}" for rule, n in sorted(jobs.items())))
+    print(f"cohortseg_s={ours:.1f}")
+    print(f"nnunet_plan_and_preprocess_s={theirs:.1f}")
+    print(f"workdir={work}")
+    print(f"ratio={ours / theirs:.2f}")
+
+
+if __name__ == "__main__":
+    main()
