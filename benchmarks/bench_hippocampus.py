@@ -118,6 +118,22 @@ def link_cases(folder: Path, names: list[str], images: bool) -> None:
             dst.symlink_to(src)
 
 
+def add_nnunet_arguments(ap: argparse.ArgumentParser) -> None:
+    """--work and --nnunet-python, as the benchmarks against nnU-Net take them."""
+    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one; must be empty)")
+    ap.add_argument("--nnunet-python", default=str(REPO / ".venv-nnunet" / "bin" / "python"))
+
+
+def nnunet_python_or_exit(python: str) -> Path:
+    """The nnU-Net environment's interpreter, once the shared cases and it are there (else exit saying which
+    is missing)."""
+    if not DATA.exists():
+        sys.exit(f"{DATA} is missing (see ../shared/README.md)")
+    if not Path(python).exists():
+        sys.exit(f"{python} is missing: make nnunet-env")
+    return Path(python)
+
+
 def nnunet_env(work: Path, threads: int) -> dict[str, str]:
     return {**os.environ, "nnUNet_raw": str(work / "nnUNet_raw"), "nnUNet_preprocessed": str(work / "nnUNet_preprocessed"),
             "nnUNet_results": str(work / "nnUNet_results"), "nnUNet_n_proc_DA": "1", "OMP_NUM_THREADS": str(threads)}

@@ -120,19 +120,25 @@ def make_cohort(wd: Path, n: int) -> None:
     split.run(split.Config.from_config(cfg), cohort / "included.tsv", wd / "results" / "splits.json")
 
 
+def copy_workflow(wd: Path) -> Path:
+    """The workflow's files (Snakefile, rules, scripts, config, profiles, package) copied into a new folder
+    ``wd``, which its jobs import the package from."""
+    wd.mkdir(parents=True)
+    for name in ("Snakefile", "rules", "scripts", "config", "envs", "profiles", "report", "cohortseg"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, wd / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, wd / name)
+    return wd
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subjects", type=int, default=10000)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-plan-") as t:
-        wd = Path(t) / "cohortseg"
-        wd.mkdir(parents=True)
-        for name in ("Snakefile", "rules", "scripts", "config", "envs", "profiles", "report", "cohortseg"):
-            src = REPO / name
-            if src.is_dir():
-                shutil.copytree(src, wd / name, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(src, wd / name)
+        wd = copy_workflow(Path(t) / "cohortseg")
         (wd / "config" / "bench.yaml").write_text(
             "study: bench-plan\ndicom_dir: data/dicom\nmasks: {dir: null}\nprivate_dir: private\n")
         t0 = time.perf_counter()

@@ -31,8 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
-from bench_hippocampus import (DATA, MODEL, link_cases, nnunet_plan_and_preprocess, nnunet_predict,  # noqa: E402
-                               nnunet_raw_dataset, nnunet_train_fold0, stage)
+from bench_hippocampus import (DATA, MODEL, add_nnunet_arguments, link_cases, nnunet_plan_and_preprocess,  # noqa: E402
+                               nnunet_predict, nnunet_python_or_exit, nnunet_raw_dataset, nnunet_train_fold0, stage)
 
 LABELS = ["anterior", "posterior"]
 NNUNET_ITERATIONS = 5
@@ -85,14 +85,9 @@ def nnunet_fold0(work: Path, python: Path, ids: dict[str, str], splits: dict, th
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one; must be empty)")
-    ap.add_argument("--nnunet-python", default=str(REPO / ".venv-nnunet" / "bin" / "python"))
+    add_nnunet_arguments(ap)
     args = ap.parse_args()
-    if not DATA.exists():
-        sys.exit(f"{DATA} is missing (see ../shared/README.md)")
-    nn_python = Path(args.nnunet_python)
-    if not nn_python.exists():
-        sys.exit(f"{nn_python} is missing: make nnunet-env")
+    nn_python = nnunet_python_or_exit(args.nnunet_python)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_predict_"))
     work.mkdir(parents=True, exist_ok=True)
     cfg = REPO / "config" / "hippocampus.yaml"

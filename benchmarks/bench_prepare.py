@@ -26,7 +26,6 @@ import collections
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,23 +35,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
-from bench_hippocampus import DATA, nnunet_plan_and_preprocess, nnunet_raw_dataset  # noqa: E402
+from bench_hippocampus import (DATA, add_nnunet_arguments, nnunet_plan_and_preprocess,  # noqa: E402
+                               nnunet_python_or_exit, nnunet_raw_dataset)
+from bench_plan import copy_workflow  # noqa: E402
 
 LABELS = ["anterior", "posterior"]
-
-
-def workflow_copy(work: Path) -> Path:
-    """The workflow's files (Snakefile, rules, scripts, config, profiles, package) copied to a fresh folder,
-    which its jobs import the package from."""
-    wd = work / "cohortseg"
-    wd.mkdir(parents=True)
-    for name in ("Snakefile", "rules", "scripts", "config", "profiles", "envs", "report", "cohortseg"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, wd / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, wd / name)
-    return wd
 
 
 def snakemake(wd: Path, cores: int, extra: Path, *args: str) -> tuple[float, str]:
@@ -93,17 +80,12 @@ def run_cohortseg(wd: Path, cores: int) -> tuple[float, dict[str, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one; must be empty)")
-    ap.add_argument("--nnunet-python", default=str(REPO / ".venv-nnunet" / "bin" / "python"))
+    add_nnunet_arguments(ap)
     args = ap.parse_args()
-    if not DATA.exists():
-        sys.exit(f"{DATA} is missing (see ../shared/README.md)")
-    nn_python = Path(args.nnunet_python)
-    if not nn_python.exists():
-        sys.exit(f"{nn_python} is missing: make nnunet-env")
+    nn_python = nnunet_python_or_exit(args.nnunet_python)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_prepare_"))
     cases = sorted(p.name[: -len(".nii.gz")] for p in (DATA / "imagesTr").glob("*.nii.gz") if not p.name.startswith("."))
-    ours, jobs = run_cohortseg(workflow_copy(work), args.cores)
+    ours, jobs = run_cohortseg(copy_workflow(work / "cohortseg"), args.cores)
     nnunet_raw_dataset(work / "nnunet", LABELS, cases)
     theirs = nnunet_plan_and_preprocess(work / "nnunet", nn_python, args.cores)
     print(f"cases={len(cases)} cores={args.cores}")
