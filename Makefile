@@ -24,12 +24,16 @@ install: $(STAMP)
 
 # torch goes in first with pip so that pip's own configuration (a local CPU wheel, an index)
 # decides which build of the pinned version is taken; uv then installs the rest quickly and
-# keeps that torch, since it already satisfies the pin.
+# keeps that torch, since it already satisfies the pin. --compile-bytecode: uv, unlike pip, leaves
+# the .pyc files to the first import, and where PYTHONDONTWRITEBYTECODE is set (containers, CI
+# images, this project's machines) they are never written, so every job compiled pandas, scipy,
+# MONAI and Snakemake from source again: seconds per job (README, Clusters).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip uv
 	$(BIN)/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[dev]"
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e ".[dev]"
+	$(BIN)/python -m compileall -q cohortseg
 	@touch $(STAMP)
 
 $(DEMO_DATA)/cohort.json: | $(STAMP)
@@ -81,7 +85,7 @@ nnunet-env: .venv-nnunet/.installed
 .venv-nnunet/.installed: | $(STAMP)
 	@test -x .venv-nnunet/bin/python || $(PYTHON) -m venv .venv-nnunet
 	.venv-nnunet/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(BIN)/uv pip install -q --python .venv-nnunet/bin/python "torch==2.13.0" "nnunetv2==2.8.1"
+	$(BIN)/uv pip install -q --compile-bytecode --python .venv-nnunet/bin/python "torch==2.13.0" "nnunetv2==2.8.1"
 	$(BIN)/uv pip uninstall -q --python .venv-nnunet/bin/python torchvision
 	.venv-nnunet/bin/python -c "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer"
 	@touch $@
@@ -95,7 +99,7 @@ locks: $(STAMP)
 	  --index-url https://pypi.org/simple --custom-compile-command "make locks" -q -o envs/locks/linux-aarch64.txt
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 lint: $(STAMP)
 	$(SNAKEMAKE) --configfile $(DEMO_CONFIG) --lint

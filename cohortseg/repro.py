@@ -11,6 +11,9 @@ of ``repro.threads``, and one more execution runs with each further thread count
   propagate as they would in a rerun of the study; the metrics' test-retest variability then measures
   their effect on the results.
 
+Executions that fit side by side in the repro job's cores run at the same time (:func:`waves`); every
+job keeps its threads, so only the audit's wall time depends on it.
+
 Nothing of the main run is written: each tree is a workflow folder of its own, with its own ``private/``
 (a copy of the study key and the private maps, mode 600), and an existing tree is an error.
 
@@ -37,6 +40,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +173,7 @@ def execute(cfg: dict[str, Any], name: str, threads: int, main: Path, trees: Pat
     """One execution of ``stages`` (consecutive) in ``trees/name`` on the main run's earlier outputs."""
     tree = trees / name
     make_tree(cfg, tree, threads, main, stages[0], seed_offset)
-    return run_in_tree(tree, name, stages, threads, trees, snakefile, cores)
+    return run_in_tree(tree, name, stages, threads, snakefile, cores)
 
 
 def make_tree(cfg: dict[str, Any], tree: Path, threads: int, main: Path, first: str, seed_offset: int = 0) -> None:
@@ -218,7 +223,7 @@ def until_rules(stage: str) -> list[str]:
     return UNTIL.get(stage, STAGES[stage][0])
 
 
-def run_in_tree(tree: Path, name: str, stages: list[str], threads: int, trees: Path, snakefile: Path = REPO / "Snakefile",
+def run_in_tree(tree: Path, name: str, stages: list[str], threads: int, snakefile: Path = REPO / "Snakefile",
                 cores: int = 1) -> Path:
     """Snakemake re-executes ``stages`` (consecutive) in ``tree``, on what the tree holds before them."""
     first, last = STAGES[stages[0]][0], until_rules(stages[-1])
@@ -227,10 +232,9 @@ def run_in_tree(tree: Path, name: str, stages: list[str], threads: int, trees: P
            "--configfile", str(tree / "config" / "repro.yaml"), "--cores", str(max(threads, cores)),
            "--rerun-triggers", "mtime",
            "--forcerun", *first, "--until", *last, "--quiet", "rules"]
-    # bytecode cached for all executions (some machines set PYTHONDONTWRITEBYTECODE: seconds per start)
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
-           "PYTHONPYCACHEPREFIX": str(trees / ".pycache"),
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    # the main run's environment: the installed packages' bytecode, compiled at install (make install), is
+    # read as it is (a PYTHONPYCACHEPREFIX here would hide it and compile every package again)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     log.info("%s: stages %s with %d thread(s)", name, "..".join(dict.fromkeys([stages[0], stages[-1]])), threads)
     proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     with open(tree / "snakemake.log", "a") as fh:
@@ -496,6 +500,21 @@ def check_trees(main: Path, folder: str, execs: list[tuple[str, int]]) -> Path:
     return trees_dir
 
 
+def waves(threads: list[int], cores: int) -> list[list[int]]:
+    """The executions (indices into ``threads``, their thread counts) in groups that run side by side:
+    consecutive executions while their threads add up to at most ``cores``; an execution with more
+    threads than ``cores`` runs alone."""
+    out: list[list[int]] = []
+    used = cores + 1
+    for k, th in enumerate(threads):
+        if used + th > cores:
+            out.append([])
+            used = 0
+        out[-1].append(k)
+        used += th
+    return out
+
+
 class Audit:
     """The executions of one audit (name, threads; the k-th seeded seed + k under repro.vary_seed)."""
 
@@ -505,9 +524,39 @@ class Audit:
         self.snakefile, self.cores, self.vary_seed = snakefile, cores, vary_seed
         self.threads = [th for _, th in execs]
 
+    def side_by_side(self, run_one: Callable[[int, int], Path], stages: list[str]) -> list[Path]:
+        """``run_one(k, cores)`` for every execution k, as many at once as their threads fit in the job's
+        cores (:func:`waves`); the trees in execution order. Jobs keep their threads whatever runs beside
+        them, so this changes the audit's wall time, never what it compares. Executions that train run one
+        at a time: a training job computes on ``train.compute_threads`` whatever the execution's threads
+        (deterministic mode), and two 1-thread executions each training on 2 threads on 2 cores run an
+        epoch 10-30x slower."""
+        trees: dict[int, Path] = {}
+        alone = "train" in stages and self.cfg.get("deterministic", True)
+        for wave in waves(self.threads, 0 if alone else self.cores):
+            if len(wave) == 1:
+                trees[wave[0]] = run_one(wave[0], self.cores)
+                continue
+            with ThreadPoolExecutor(len(wave)) as pool:
+                for k, tree in zip(wave, pool.map(lambda k: run_one(k, self.threads[k]), wave)):
+                    trees[k] = tree
+        return [trees[k] for k in range(len(self.execs))]
+
     def new_trees(self, suffix: str, stages: list[str]) -> list[Path]:
-        return [execute(self.cfg, f"{name}{suffix}", th, self.main, self.trees, stages, self.snakefile, self.cores,
-                        k if self.vary_seed else 0) for k, (name, th) in enumerate(self.execs)]
+        def run_one(k: int, cores: int) -> Path:
+            name, th = self.execs[k]
+            return execute(self.cfg, f"{name}{suffix}", th, self.main, self.trees, stages, self.snakefile, cores,
+                           k if self.vary_seed else 0)
+
+        return self.side_by_side(run_one, stages)
+
+    def go_on(self, own: list[Path], stage: str) -> list[Path]:
+        """``stage`` in each execution's own tree, on its own earlier outputs."""
+        def run_one(k: int, cores: int) -> Path:
+            name, th = self.execs[k]
+            return run_in_tree(own[k], f"{name}/{stage}", [stage], th, self.snakefile, cores)
+
+        return self.side_by_side(run_one, [stage])
 
     def chain(self, stages: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
         """Every stage from the first chosen to the last, end to end, in every execution."""
@@ -523,8 +572,7 @@ class Audit:
             if own is None:
                 trees, basis = self.new_trees(f"/{stage}", [stage]), "the main run's outputs"
             else:
-                trees = [run_in_tree(t, f"{name}/{stage}", [stage], th, self.trees, self.snakefile, self.cores)
-                         for t, (name, th) in zip(own[1], self.execs)]
+                trees = self.go_on(own[1], stage)
                 basis = f"each execution's own {own[0]} outputs (propagated)"
             st, fi = compare(trees, self.threads, [stage], [n for n, _ in self.execs])
             tables.append(st.assign(compared_on=basis))

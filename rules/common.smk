@@ -444,6 +444,13 @@ def results_folder(wildcards, output):
     return os.path.dirname(output.manifest)
 
 
+def repro_threads():
+    """Enough for the repro.runs executions with the first thread count side by side, and for the
+    execution with the most threads alone (cohortseg.repro.waves); capped at --cores."""
+    r = config["repro"]
+    return max(max(r["threads"]), r["runs"] * r["threads"][0])
+
+
 def repro_runtime(wildcards):
     return 4 * RES["train_runtime_min"] * len(MODELS) * (config["repro"]["runs"] + len(config["repro"]["threads"]))
 

@@ -30,7 +30,7 @@ rule repro:
         "logs/repro.log",
     benchmark:
         "logs/benchmarks/repro.tsv",
-    threads: max(config["repro"]["threads"])
+    threads: repro_threads()
     resources:
         mem_mb=RES["train_mem_mb"],
         runtime=repro_runtime,

@@ -16,7 +16,7 @@ import pytest
 
 from cohortseg.config import ConfigError, load
 from cohortseg.repro import Config, Outputs, ReproError, canonical, difference, icc_3_1, metric_variability, plan, run
-from cohortseg.repro import stage_range
+from cohortseg.repro import stage_range, waves
 
 from .conftest import REPO
 
@@ -97,6 +97,16 @@ def test_bad_requests_are_refused(tmp_path: Path) -> None:
         plan(dataclasses.replace(cfg, repro=dataclasses.replace(cfg.repro, runs=1)))
     with pytest.raises(ReproError, match="unknown stage"):
         plan(dataclasses.replace(cfg, repro=dataclasses.replace(cfg.repro, stages=("nope",))))
+
+
+def test_executions_run_side_by_side_within_the_jobs_cores() -> None:
+    """Executions start together while their threads fit in the repro job's cores, in plan order; one
+    with more threads than the job has runs alone."""
+    assert waves([1, 1, 2], 2) == [[0, 1], [2]]
+    assert waves([1, 1, 1], 2) == [[0, 1], [2]]
+    assert waves([2, 2, 4], 4) == [[0, 1], [2]]
+    assert waves([1, 4, 1], 2) == [[0], [1], [2]]
+    assert waves([1, 1], 1) == [[0], [1]]
 
 
 def test_existing_trees_are_an_error_and_nothing_is_written(tmp_path: Path) -> None:
