@@ -1,13 +1,13 @@
 """Preparing a cohort for training: cohortseg's workflow against nnU-Net v2's plan-and-preprocess, on the
 208 MSD Hippocampus cases (../shared/data/hippocampus), the same cores, in the same run.
 
-- cohortseg: ``snakemake --profile profiles/local --cores N --until plans``, then the preprocessing
-  shards' manifests as targets (known only once the split checkpoint has run), in a fresh work folder with
+- cohortseg: ``snakemake --profile profiles/local --cores N ready`` (the target rule that leaves the cohort
+  ready for training, as nnU-Net's command leaves its dataset), in a fresh work folder with
   config/hippocampus.yaml and ``split.test_fraction: 0`` (so, like nnU-Net's raw dataset, every case is a
   training case): the NIfTI cohort's index, selection, split, prepare (import and checks,
   ``prepare.subjects_per_job`` as shipped), the per-case surveys, the dataset and model plans and the
   preprocessing of every case to the plan's space. Every job's start-up and Snakemake's own (its DAG, its
-  job scheduling, twice) are counted.
+  job scheduling) are counted.
 - nnU-Net v2 (``make nnunet-env``): the same 208 cases linked as Dataset004's raw dataset,
   ``nnUNetv2_plan_and_preprocess -d 4 -c 3d_fullres -npfp N -np N`` (fingerprint, plans, preprocessing;
   N processes each, its defaults are 8), its start-up counted the same way.
@@ -54,27 +54,16 @@ def snakemake(wd: Path, cores: int, extra: Path, *args: str) -> tuple[float, str
 
 
 def run_cohortseg(wd: Path, cores: int) -> tuple[float, dict[str, int]]:
-    """Wall seconds of the workflow up to the plans and the preprocessing of every case, and its jobs per
-    rule. Two invocations: ``--until`` resolves its jobs before the split checkpoint has run, so the second
-    asks for the preprocessing shards' manifests by name (the workflow's own sharding of the cross-validation
-    subjects); its Snakemake start-up is counted against us."""
-    from cohortseg.config import load
-    from cohortseg.prepare import shards
-
+    """Wall seconds of ``snakemake ready`` (the workflow up to the plans and the preprocessing of every
+    cross-validation case, one invocation, its Snakemake start-up counted against us) and its jobs per rule."""
     extra = wd / "bench_prepare.yaml"
     extra.write_text(json.dumps({"nifti": {"images": str(DATA / "imagesTr"), "labels": str(DATA / "labelsTr")},
                                  "split": {"test_fraction": 0}}))
-    first, log1 = snakemake(wd, cores, extra, "--until", "plans")
-    conf = load(wd / "config" / "hippocampus.yaml", json.loads(extra.read_text()))
-    splits = json.loads((wd / "results" / "splits.json").read_text())
-    cv = sorted({s for f in splits["folds"] for s in f["train"] + f["val"]})
-    targets = [f"results/preprocessed/{sh}.json"
-               for sh in sorted(shards(cv, conf["pseudonym"]["prefix"], conf["prepare"]["subjects_per_job"]))]
-    second, log2 = snakemake(wd, cores, extra, *targets)
-    jobs = collections.Counter(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", log1 + log2, re.M))
+    seconds, log = snakemake(wd, cores, extra, "ready")
+    jobs = collections.Counter(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", log, re.M))
     if not jobs.get("preprocess"):
         raise RuntimeError("no preprocess job ran")
-    return first + second, dict(jobs)
+    return seconds, dict(jobs)
 
 
 def main() -> None:

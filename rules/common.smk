@@ -152,6 +152,11 @@ def _shard_file(folder, subject, subjects):
     return f"{folder}/{shard_of(subject, PREFIX, shard_bits(len(subjects), PER_JOB))}.json"
 
 
+def all_preprocessed(wildcards):
+    """Every preprocess shard manifest: all cross-validation subjects preprocessed (rule ready)."""
+    return preprocessed(cv_subjects())
+
+
 def preprocessed(subjects):
     """The preprocess shard manifests that prove ``subjects`` are preprocessed."""
     cv = cv_subjects()

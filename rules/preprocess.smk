@@ -24,3 +24,24 @@ rule preprocess:
         "../envs/torch.yaml"
     script:
         "../scripts/preprocess.py"
+
+
+rule ready:
+    """Target: the cohort ready for training, as nnUNetv2_plan_and_preprocess leaves a dataset: every
+    cross-validation subject converted, surveyed, planned for and preprocessed (`snakemake ready`);
+    prints the plans."""
+    input:
+        plans="results/plans/plans.tsv",
+        preprocessed=all_preprocessed,
+    log:
+        "logs/ready.log",
+    benchmark:
+        "logs/benchmarks/ready.tsv",
+    localrule: True
+    resources:
+        mem_mb=RES["light_mem_mb"],
+        runtime=5,
+    conda:
+        "../envs/dicom.yaml"
+    shell:
+        "cat {input.plans} | tee {log}"

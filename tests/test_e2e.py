@@ -128,6 +128,15 @@ def test_pipeline_outputs(workflow: Path) -> None:
                    for v in export["models"].values())
 
 
+def test_ready_target_stops_at_preprocessing(workflow: Path) -> None:
+    """`snakemake ready` (the cohort ready for training, as nnUNetv2_plan_and_preprocess leaves a dataset)
+    asks for the plans and every preprocessing shard, nothing downstream, and prints the plans."""
+    jobs = planned_jobs(smk(workflow, "ready", "-n", "--forcerun", "preprocess"))
+    assert set(jobs) == {"preprocess", "ready"} and jobs["preprocess"] >= 2, jobs
+    smk(workflow, "ready")
+    assert "preprocess.spacing" in (workflow / "logs" / "ready.log").read_text()
+
+
 def test_provenance_manifest(workflow: Path) -> None:
     from cohortseg.provenance import sha256_file
 
