@@ -532,8 +532,11 @@ class Audit:
         (deterministic mode), and two 1-thread executions each training on 2 threads on 2 cores run an
         epoch 10-30x slower."""
         trees: dict[int, Path] = {}
-        alone = "train" in stages and self.cfg.get("deterministic", True)
-        for wave in waves(self.threads, 0 if alone else self.cores):
+        if "train" in stages and self.cfg.get("deterministic", True):
+            groups = [[k] for k in range(len(self.execs))]
+        else:
+            groups = waves(self.threads, self.cores)
+        for wave in groups:
             if len(wave) == 1:
                 trees[wave[0]] = run_one(wave[0], self.cores)
                 continue

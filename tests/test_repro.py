@@ -109,6 +109,34 @@ def test_executions_run_side_by_side_within_the_jobs_cores() -> None:
     assert waves([1, 1], 1) == [[0], [1]]
 
 
+def test_executions_that_train_run_one_at_a_time_with_all_cores(tmp_path: Path) -> None:
+    """The audit's scheduling: two 1-thread executions share the 2 cores (each with 1) except in a stage
+    that trains, where each runs alone with both; the 2-thread execution always runs alone."""
+    import threading
+    import time
+
+    from cohortseg.repro import Audit
+
+    audit = Audit({"deterministic": True}, tmp_path, tmp_path, [("a", 1), ("b", 1), ("c", 2)], tmp_path, 2, False)
+    running, calls, lock = [], [], threading.Lock()
+
+    def run_one(k: int, cores: int) -> Path:
+        with lock:
+            running.append(k)
+            calls.append((k, cores, sorted(running)))
+        time.sleep(0.2)
+        with lock:
+            running.remove(k)
+        return tmp_path / str(k)
+
+    assert audit.side_by_side(run_one, ["infer"]) == [tmp_path / "0", tmp_path / "1", tmp_path / "2"]
+    assert sorted((k, c) for k, c, _ in calls) == [(0, 1), (1, 1), (2, 2)]
+    assert any(together == [0, 1] for _, _, together in calls) and calls[-1] == (2, 2, [2])
+    calls.clear()
+    audit.side_by_side(run_one, ["train"])
+    assert calls == [(0, 2, [0]), (1, 2, [1]), (2, 2, [2])]
+
+
 def test_existing_trees_are_an_error_and_nothing_is_written(tmp_path: Path) -> None:
     cfg = _cfg()
     (tmp_path / "repro" / "exec1-t1").mkdir(parents=True)
