@@ -12,7 +12,8 @@ Two steps, two files, so that adding a model to a finished study plans, trains a
   patch shrunk from it, the axis largest relative to the median shape first, in steps of the network's
   divisor) and its batch (at least 2, grown while the step fits and the batch holds at most 5 % of the
   cross-validation voxels), fitted to the budget: on GPU the estimated memory of one training step
-  (:func:`step_bytes`) under ``plans.memory_gb``; on CPU the voxels of one batch under ``plans.cpu_voxels``.
+  (:func:`step_bytes`) under ``plans.memory_gb``; on CPU the voxels of one batch under ``plans.cpu_voxels``
+  (no network is built, so a CPU plan job imports no PyTorch unless ``plans.cpu_memory_estimate``).
 
 Only keys set to ``auto`` take planned values; explicit values win, and the plan records which is which and
 says when an explicit value exceeds the budget. A model that does not fit even at the smallest window and
@@ -254,11 +255,12 @@ def plan_model(name: str, ts: TrainSettings, dataset: dict[str, Any], ps: PlansS
         batch, why_batch = plan_batch(budget, window, dataset["cv_voxels"])
     else:
         batch, why_batch = explicit_batch, "config"
-    estimate = step_bytes(ts, n_labels, window, batch)
+    estimate = step_bytes(ts, n_labels, window, batch) if target == "gpu" or ps.cpu_memory_estimate else None
     fits = budget.fits(window, batch)
     plan = {"model": name, "family": ts.model, "target": target, "budget": budget.describe(), "divisor": div,
             "window": window, "patch": None if window == size else window, "batch_size": batch,
-            "voxels_per_batch": batch * int(np.prod(window)), "estimated_step_gb": round(estimate / 2**30, 3),
+            "voxels_per_batch": batch * int(np.prod(window)),
+            "estimated_step_gb": None if estimate is None else round(estimate / 2**30, 3),
             "fits": fits,
             "choices": [{"key": f"{name}.window", "value": window, "source": _source(ts.patch.size), "why": why_window},
                         {"key": f"{name}.batch_size", "value": batch, "source": _source(ts.batch_size), "why": why_batch}]}
@@ -287,12 +289,20 @@ def run_model(config: Config, name: str, dataset: dict[str, Any], out: str) -> d
     target = plan_target(config.plans, config.train, config.resources)
     plan = plan_model(name, config.train, dataset, config.plans, target, len(config.labels))
     write_json(out, plan)
-    log.info("plan %s: window %s, batch %d (%s, estimated step %.3f GB)", name, plan["window"], plan["batch_size"],
-             plan["budget"], plan["estimated_step_gb"])
+    log.info("plan %s: window %s, batch %d (%s%s)", name, plan["window"], plan["batch_size"], plan["budget"],
+             step_memory_text(plan, ", estimated step {} GB"))
     return plan
 
 
 PLAN_COLUMNS = ["key", "value", "source", "why"]
+NOT_ESTIMATED = "; not estimated on a CPU plan (plans.cpu_memory_estimate)"
+
+
+def step_memory_text(plan: dict[str, Any], estimated: str, not_estimated: str = "") -> str:
+    """``estimated`` with the plan's step memory in its ``{}``, or ``not_estimated`` where the plan made none
+    (a CPU plan, whose budget needs no network)."""
+    gb = plan["estimated_step_gb"]
+    return not_estimated if gb is None else estimated.format(gb)
 
 
 def run_summary(dataset: dict[str, Any], models: dict[str, dict[str, Any]], out_json: str, out_tsv: str) -> None:
@@ -300,8 +310,9 @@ def run_summary(dataset: dict[str, Any], models: dict[str, dict[str, Any]], out_
     write_json(out_json, {"dataset": {k: v for k, v in dataset.items() if k != "choices"},
                           "models": models})
     rows = list(dataset["choices"]) + [c for m in models.values() for c in m["choices"]]
-    rows += [{"key": f"{n}.estimated_step_gb", "value": m["estimated_step_gb"], "source": "plan",
-              "why": f"{m['budget']}; fits: {m['fits']}"} for n, m in models.items()]
+    rows += [{"key": f"{n}.estimated_step_gb", "value": "-" if m["estimated_step_gb"] is None else m["estimated_step_gb"],
+              "source": "plan", "why": f"{m['budget']}; fits: {m['fits']}{step_memory_text(m, '', NOT_ESTIMATED)}"}
+             for n, m in models.items()]
     write_rows(out_tsv, [{**r, "value": str(r["value"])} for r in rows], PLAN_COLUMNS)
 
 
@@ -313,5 +324,5 @@ def table(plans: dict[str, Any]) -> str:
              f"size {pp['size']}, normalisation {pp['normalisation']}, median resampled shape {d['median_shape']}"]
     for name, m in plans["models"].items():
         lines.append(f"  {name:<12} {m['family']:<9} window {m['window']} ({'patch' if m['patch'] else 'whole volume'}), "
-                     f"batch {m['batch_size']}, ~{m['estimated_step_gb']} GB a step ({m['budget']})")
+                     f"batch {m['batch_size']}{step_memory_text(m, ', ~{} GB a step')} ({m['budget']})")
     return "\n".join(lines)

@@ -233,6 +233,7 @@ class TrainSettings(Settings):
 class PlansSettings(Settings):
     target: str
     memory_gb: float
+    cpu_memory_estimate: bool
     cpu_voxels: int
     modality: str
     anisotropy: float

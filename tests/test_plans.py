@@ -98,6 +98,47 @@ def test_the_whole_volume_when_it_fits() -> None:
     assert plan["window"] == [32, 32, 32] and plan["patch"] is None
 
 
+CPU_PLAN = """
+import json, sys
+from cohortseg import config, plans
+from cohortseg.settings import PlansSettings, TrainSettings
+cfg = config.load(None, {"labels": ["a", "b"], "plans": {"target": "cpu", "cpu_memory_estimate": sys.argv[1] == "1"}})
+ds = {"preprocess": {"size": [32, 32, 32]}, "median_shape": [30, 30, 30], "cv_voxels": 100 * 32**3}
+m = plans.plan_model("unet", TrainSettings.from_dict(cfg["train"]), ds, PlansSettings.from_dict(cfg["plans"]), "cpu", 2)
+plans.run_summary({"choices": []}, {"unet": m}, sys.argv[2] + "/plans.json", sys.argv[2] + "/plans.tsv")
+print(json.dumps({"plan": m, "torch": "torch" in sys.modules, "monai": "monai" in sys.modules,
+                  "table": plans.table({"dataset": {"n_cases": 1, "modality": "mr", "median_shape": [30] * 3,
+                                                    "preprocess": {"spacing": [1] * 3, "size": [32] * 3,
+                                                                   "normalisation": "zscore"}},
+                                        "models": {"unet": m}})}))
+"""
+
+
+@pytest.mark.parametrize("estimate", [False, True])
+def test_a_cpu_plan_builds_no_network_unless_asked(estimate: bool, tmp_path) -> None:
+    """A CPU plan's budget is voxels per batch: its job imports neither PyTorch nor MONAI (their import is
+    most of a plan job's start-up) and says it made no memory estimate; plans.cpu_memory_estimate: true
+    estimates as a GPU plan does."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", CPU_PLAN, "1" if estimate else "0", str(tmp_path)], cwd=repo,
+                          capture_output=True, text=True, check=True, env={"PYTHONPATH": str(repo), "PATH": ""})
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["plan"]["window"] == [32, 32, 32] and out["plan"]["fits"]
+    row = (tmp_path / "plans.tsv").read_text().splitlines()[-1].split("\t")
+    if estimate:
+        assert out["torch"] and out["plan"]["estimated_step_gb"] > 0 and "GB a step" in out["table"]
+        assert row[:2] == ["unet.estimated_step_gb", str(out["plan"]["estimated_step_gb"])]
+    else:
+        assert not out["torch"] and not out["monai"], "a CPU plan imported PyTorch or MONAI"
+        assert out["plan"]["estimated_step_gb"] is None and "GB a step" not in out["table"]
+        assert row[:2] == ["unet.estimated_step_gb", "-"] and "not estimated on a CPU plan" in row[3], row
+
+
 def test_batch_grows_to_the_five_percent_cap() -> None:
     cfg = _cfg({"plans": {"target": "cpu", "cpu_voxels": 10**9}})
     ds = _dataset([32, 32, 32], [32, 32, 32], n=200)  # 5 % of 200 volumes = 10
